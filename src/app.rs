@@ -1,1 +1,148 @@
-//! app
+//! Wiring: configuration -> store -> committer, caches, waiters -> service
+//! -> HTTP server; and the order of a graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::{Backend, Config, ConfigError};
+use crate::domain::{MessageId, UserId};
+use crate::http::{self, Ctx, HttpLimits};
+use crate::metrics::Metrics;
+use crate::service::cache::{HistoryCache, MailboxCache};
+use crate::service::clock::Clock;
+use crate::service::committer::{Committer, Writer, clock_row};
+use crate::service::outbox::Outbox;
+use crate::service::waiters::Waiters;
+use crate::service::{Parts, Service, Settings};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError, Table};
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the hbase backend is not built yet; use backend = \"embedded\"")]
+    BackendUnavailable,
+}
+
+/// Pending sends waiting for their `prev_message_id`, at most (a safety net;
+/// each holds no thread).
+const MAX_ARRIVAL_WAITERS: usize = 1_000_000;
+
+/// Runs a node on `listener` until `shutdown` completes, then stops
+/// gracefully: stop accepting, answer every parked poll, let requests in
+/// flight finish, drain the committer, sync the store.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let secret = config.secret()?;
+    let store = match config.storage.backend {
+        Backend::Embedded => Arc::new(EmbeddedStore::open(&config.storage.path)?),
+        Backend::Hbase => return Err(AppError::BackendUnavailable),
+    };
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let metrics = Arc::new(Metrics::new());
+    let node_key = node_key(&config.cluster.node_id);
+
+    let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
+        Some(b) => u64::from_be_bytes(
+            b.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("clock lease".into()))?,
+        ),
+        None => 0,
+    };
+    let mailbox_cache = Arc::new(MailboxCache::new(config.cache.mailbox_bytes));
+    let history_cache = Arc::new(HistoryCache::new(config.cache.history_bytes));
+    let mailbox_waiters: Arc<Waiters<UserId>> = Waiters::new(
+        config.limits.max_polls_per_user,
+        config.limits.max_polls_per_node,
+    );
+    let arrivals: Arc<Waiters<(UserId, MessageId)>> = Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS);
+    let outbox_kick = Arc::new(tokio::sync::Notify::new());
+
+    let closing = CancellationToken::new();
+    let (committer, committer_task) = Committer::start(Writer {
+        closing: closing.clone(),
+        store: dyn_store.clone(),
+        node_key,
+        clock: Clock::resume(lease),
+        max_batch: config.send.max_batch,
+        mailbox_cache: mailbox_cache.clone(),
+        history_cache: history_cache.clone(),
+        mailbox_waiters: mailbox_waiters.clone(),
+        arrivals: arrivals.clone(),
+        outbox_kick: outbox_kick.clone(),
+        metrics: metrics.clone(),
+    });
+    let stop = CancellationToken::new();
+    let service = Service::new(Parts {
+        store: dyn_store.clone(),
+        committer: committer.clone(),
+        metrics: metrics.clone(),
+        mailbox_waiters,
+        arrivals,
+        mailbox_cache,
+        history_cache,
+        settings: Settings::from_config(&config),
+        shutdown: stop.clone(),
+    });
+    let outbox = tokio::spawn(
+        Outbox {
+            store: dyn_store,
+            committer,
+            node_key,
+            kick: outbox_kick,
+            metrics,
+        }
+        .run(stop.clone()),
+    );
+
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        });
+    }
+
+    let ctx = Arc::new(Ctx {
+        service: service.clone(),
+        auth: Auth::new(&secret),
+        limits: HttpLimits {
+            max_body: config.limits.max_body_bytes,
+            default_poll: config.poll.default_timeout,
+            max_poll: config.poll.max_timeout,
+            header_timeout: Duration::from_secs(30),
+        },
+    });
+    http::serve(listener, ctx, stop.clone(), config.server.shutdown_grace).await;
+    service.wake_all();
+
+    let _ = outbox.await;
+    closing.cancel();
+    let _ = committer_task.await;
+    store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// This node's 8-byte key in shared tables (the outbox, node state).
+pub fn node_key(node_id: &str) -> [u8; 8] {
+    let digest = Sha256::digest(node_id.as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    key
+}

@@ -104,7 +104,9 @@ impl FromStr for Cursor {
         if !hex {
             return Err(BadCursor);
         }
-        u64::from_str_radix(s, 16).map(Cursor).map_err(|_| BadCursor)
+        u64::from_str_radix(s, 16)
+            .map(Cursor)
+            .map_err(|_| BadCursor)
     }
 }
 
@@ -191,17 +193,40 @@ mod tests {
     fn cursor_round_trips_and_rejects_other_text() {
         let c = Cursor(0x1234_abcd);
         assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
-        for bad in ["", "12", "000000001234ABCD", "zz00000000000000", "-000000000000001", "00000000000000001"] {
+        for bad in [
+            "",
+            "12",
+            "000000001234ABCD",
+            "zz00000000000000",
+            "-000000000000001",
+            "00000000000000001",
+        ] {
             assert_eq!(bad.parse::<Cursor>(), Err(BadCursor), "{bad:?}");
         }
     }
 
     #[test]
     fn ids_must_be_canonical() {
-        assert!("8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10".parse::<UserId>().is_ok());
-        assert!("8c1f6b8e6a0b4c649d0a2f5c1b7e9a10".parse::<UserId>().is_err());
-        assert!("{8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10}".parse::<UserId>().is_err());
-        assert!("urn:uuid:8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10".parse::<UserId>().is_err());
+        assert!(
+            "8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10"
+                .parse::<UserId>()
+                .is_ok()
+        );
+        assert!(
+            "8c1f6b8e6a0b4c649d0a2f5c1b7e9a10"
+                .parse::<UserId>()
+                .is_err()
+        );
+        assert!(
+            "{8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10}"
+                .parse::<UserId>()
+                .is_err()
+        );
+        assert!(
+            "urn:uuid:8c1f6b8e-6a0b-4c64-9d0a-2f5c1b7e9a10"
+                .parse::<UserId>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,1 +1,222 @@
-//! metrics
+//! The Prometheus collectors, created once at start-up. Hot paths hold
+//! handles, never look series up by name.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets for request and stage latencies, in seconds (50 µs .. 60 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every route the router knows, so request series exist from the start.
+pub const ROUTES: &[&str] = &[
+    "send",
+    "poll",
+    "history",
+    "conversations",
+    "groups_create",
+    "group_get",
+    "group_members",
+    "group_change",
+    "receipts",
+    "healthz",
+    "readyz",
+    "metrics",
+    "unknown",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by route; a parked poll counts its whole hold.
+    pub request_seconds: HistogramVec,
+    /// A send's stages: `durable` (accepted until the fsync that holds it).
+    pub stage_seconds: HistogramVec,
+    /// From a message being durable to a parked poll handing it out.
+    pub delivery_seconds: Histogram,
+    /// Polls parked right now.
+    pub parked_polls: IntGauge,
+    /// How long polls stayed parked before answering.
+    pub poll_wait_seconds: Histogram,
+    /// Polls whose connection closed (client or an intermediary) before they answered.
+    pub polls_abandoned: IntCounter,
+    /// Polls refused because a per-user or per-node limit was reached.
+    pub polls_refused: IntCounterVec,
+    pub messages_accepted: IntCounter,
+    pub duplicate_sends: IntCounter,
+    /// Events handed to clients by polls.
+    pub events_delivered: IntCounter,
+    /// Store operation latency by operation.
+    pub store_seconds: HistogramVec,
+    /// Sends (commit requests) sharing one store write and fsync.
+    pub commit_batch_size: Histogram,
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    /// Outbox entries written but not yet applied.
+    pub outbox_depth: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry =
+            Registry::new_custom(Some("carrier".into()), None).expect("a constant prefix is valid");
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by route and status"),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("valid metric"),
+            stage_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "message_stage_seconds",
+                    "Time a message spends reaching each stage after it was accepted",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["stage"],
+            )
+            .expect("valid metric"),
+            delivery_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "message_delivery_seconds",
+                    "From a message being durable to a parked poll answering with it",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            parked_polls: IntGauge::new("parked_polls", "Polls parked now").expect("valid metric"),
+            poll_wait_seconds: Histogram::with_opts(
+                HistogramOpts::new("poll_wait_seconds", "How long polls stayed parked")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            polls_abandoned: IntCounter::new(
+                "polls_abandoned_total",
+                "Polls whose connection closed before they answered",
+            )
+            .expect("valid metric"),
+            polls_refused: IntCounterVec::new(
+                Opts::new(
+                    "polls_refused_total",
+                    "Polls refused by a parked-poll limit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
+            messages_accepted: IntCounter::new(
+                "messages_accepted_total",
+                "Messages stored and acknowledged",
+            )
+            .expect("valid metric"),
+            duplicate_sends: IntCounter::new(
+                "duplicate_sends_total",
+                "Sends answered from an earlier identical send",
+            )
+            .expect("valid metric"),
+            events_delivered: IntCounter::new(
+                "events_delivered_total",
+                "Events handed to clients by polls",
+            )
+            .expect("valid metric"),
+            store_seconds: HistogramVec::new(
+                HistogramOpts::new("store_operation_seconds", "Store operation latency")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            )
+            .expect("valid metric"),
+            commit_batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "commit_batch_size",
+                    "Commit requests sharing one store write and disk sync",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ]),
+            )
+            .expect("valid metric"),
+            cache_hits: IntCounterVec::new(
+                Opts::new("cache_hits_total", "Reads answered by a cache"),
+                &["cache"],
+            )
+            .expect("valid metric"),
+            cache_misses: IntCounterVec::new(
+                Opts::new("cache_misses_total", "Reads that went to the store"),
+                &["cache"],
+            )
+            .expect("valid metric"),
+            outbox_depth: IntGauge::new("outbox_depth", "Outbox entries not yet applied")
+                .expect("valid metric"),
+            registry,
+        };
+        m.register_all();
+        m.create_series();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.request_seconds.clone()),
+            Box::new(self.stage_seconds.clone()),
+            Box::new(self.delivery_seconds.clone()),
+            Box::new(self.parked_polls.clone()),
+            Box::new(self.poll_wait_seconds.clone()),
+            Box::new(self.polls_abandoned.clone()),
+            Box::new(self.polls_refused.clone()),
+            Box::new(self.messages_accepted.clone()),
+            Box::new(self.duplicate_sends.clone()),
+            Box::new(self.events_delivered.clone()),
+            Box::new(self.store_seconds.clone()),
+            Box::new(self.commit_batch_size.clone()),
+            Box::new(self.cache_hits.clone()),
+            Box::new(self.cache_misses.clone()),
+            Box::new(self.outbox_depth.clone()),
+        ];
+        for c in collectors {
+            self.registry
+                .register(c)
+                .expect("each collector is registered once");
+        }
+    }
+
+    /// Series that dashboards expect to exist before the first event.
+    fn create_series(&self) {
+        for route in ROUTES {
+            self.request_seconds.with_label_values(&[route]);
+        }
+        for stage in ["durable"] {
+            self.stage_seconds.with_label_values(&[stage]);
+        }
+        for limit in ["user", "node"] {
+            self.polls_refused.with_label_values(&[limit]);
+        }
+        for cache in ["mailbox", "history"] {
+            self.cache_hits.with_label_values(&[cache]);
+            self.cache_misses.with_label_values(&[cache]);
+        }
+    }
+
+    /// The text exposition of every collector.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed collectors.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

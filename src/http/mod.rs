@@ -1,1 +1,96 @@
-//! http
+//! The HTTP/1.1 front: accepting connections, routing, one module per
+//! resource, and `error.rs`, the one place failures become statuses.
+//!
+//! HTTP/1.1 only, on purpose: the clients Carrier serves sit behind proxies
+//! that speak nothing else.
+
+mod conversations;
+mod error;
+mod groups;
+mod messages;
+mod ops;
+mod poll;
+mod receipts;
+mod request;
+mod response;
+mod router;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::service::Service;
+
+pub use error::ApiError;
+
+/// What every request handler may use. Built once by `app`.
+pub struct Ctx {
+    pub service: Service,
+    pub auth: Auth,
+    pub limits: HttpLimits,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_body: usize,
+    pub default_poll: Duration,
+    pub max_poll: Duration,
+    /// A client must send its whole request head within this time.
+    pub header_timeout: Duration,
+}
+
+/// Serves connections until `shutdown` fires, then waits (at most `grace`)
+/// for requests in flight. Parked polls answer on `shutdown` by themselves.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically out of file descriptors: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(router::handle(&ctx, req).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace ran out; closing the remaining connections"),
+    }
+}

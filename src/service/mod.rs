@@ -1,1 +1,215 @@
-//! service
+//! The service layer: what Carrier does, free of HTTP.
+//!
+//! - [`send`]: the send path (claims, idempotency, ordering, sequencing).
+//! - [`poll`] and [`mailbox`]: reading a user's event stream, parking.
+//! - [`history`], [`conversations`], [`groups`], [`receipts`].
+//! - [`committer`]: group commit and mailbox positions; [`outbox`]: the
+//!   deferred appends (sender's copy, receipts).
+//! - [`waiters`], [`locks`] (the per-conversation sequencer), [`cache`],
+//!   [`clock`]: the machinery.
+
+pub mod cache;
+pub mod clock;
+pub mod committer;
+pub mod conversations;
+pub mod groups;
+pub mod history;
+pub mod locks;
+pub mod mailbox;
+pub mod outbox;
+pub mod poll;
+pub mod receipts;
+pub mod send;
+pub mod waiters;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use self::cache::{HistoryCache, MailboxCache};
+use self::committer::Committer;
+use self::groups::GroupCache;
+use self::locks::KeyedLocks;
+use self::waiters::Waiters;
+use crate::config::Config;
+use crate::domain::{ConversationId, MessageId, UserId};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// What a caller can do about a failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field of the request is missing, ill-typed or out of range.
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("the cursor is malformed or ahead of the mailbox")]
+    InvalidCursor,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("message_id was already used for a different message")]
+    IdempotencyConflict,
+    #[error("group_id was already used for a different group")]
+    GroupConflict,
+    #[error("prev_message_id names a message that did not arrive in this conversation")]
+    PrevMissing,
+    #[error("too many parked polls for this {0}")]
+    TooManyPolls(&'static str),
+    #[error("storage unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Error::Unavailable(e),
+            StoreError::Corrupt(what) => Error::Internal(what),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(format!("stored JSON: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The service handle. Cloning is shallow.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    metrics: Arc<Metrics>,
+    /// Parked polls by user.
+    mailbox_waiters: Arc<Waiters<UserId>>,
+    /// Sends waiting for the `prev_message_id` they name.
+    arrivals: Arc<Waiters<(UserId, MessageId)>>,
+    /// The sequencer: one lock per conversation, holding its head.
+    sequencer: Arc<KeyedLocks<ConversationId, send::Head>>,
+    /// One in-flight send per (sender, message_id), so concurrent retries
+    /// become replays instead of races.
+    claims: Arc<KeyedLocks<(UserId, MessageId), ()>>,
+    mailbox_cache: Arc<MailboxCache>,
+    history_cache: Arc<HistoryCache>,
+    groups: GroupCache,
+    settings: Settings,
+    shutdown: CancellationToken,
+}
+
+/// The knobs the service reads per request, taken from the configuration once.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub default_poll: Duration,
+    pub max_poll: Duration,
+    pub prev_wait: Duration,
+    pub max_group_members: usize,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            default_poll: config.poll.default_timeout,
+            max_poll: config.poll.max_timeout,
+            prev_wait: config.send.prev_wait,
+            max_group_members: config.limits.max_group_members,
+        }
+    }
+}
+
+/// Everything a [`Service`] is built from (see `app.rs`).
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub committer: Committer,
+    pub metrics: Arc<Metrics>,
+    pub mailbox_waiters: Arc<Waiters<UserId>>,
+    pub arrivals: Arc<Waiters<(UserId, MessageId)>>,
+    pub mailbox_cache: Arc<MailboxCache>,
+    pub history_cache: Arc<HistoryCache>,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+}
+
+impl Service {
+    pub fn new(parts: Parts) -> Service {
+        Service {
+            inner: Arc::new(Inner {
+                store: parts.store,
+                committer: parts.committer,
+                metrics: parts.metrics,
+                mailbox_waiters: parts.mailbox_waiters,
+                arrivals: parts.arrivals,
+                sequencer: KeyedLocks::new(),
+                claims: KeyedLocks::new(),
+                mailbox_cache: parts.mailbox_cache,
+                history_cache: parts.history_cache,
+                groups: GroupCache::new(),
+                settings: parts.settings,
+                shutdown: parts.shutdown,
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Whether the store answers.
+    pub async fn ready(&self) -> bool {
+        !self.inner.shutdown.is_cancelled() && self.inner.store.ping().await.is_ok()
+    }
+
+    /// Answers every parked poll (shutdown).
+    pub fn wake_all(&self) {
+        self.inner.mailbox_waiters.wake_all();
+    }
+}
+
+/// Store reads with their latency recorded; writes go through the committer.
+impl Service {
+    async fn get(&self, table: crate::store::Table, row: &[u8]) -> Result<Option<bytes::Bytes>> {
+        let started = std::time::Instant::now();
+        let result = self.inner.store.get(table, row).await;
+        self.observe_store("get", started);
+        Ok(result?)
+    }
+
+    async fn scan(&self, scan: crate::store::Scan) -> Result<Vec<crate::store::Row>> {
+        let started = std::time::Instant::now();
+        let result = self.inner.store.scan(scan).await;
+        self.observe_store("scan", started);
+        Ok(result?)
+    }
+
+    fn observe_store(&self, op: &str, started: std::time::Instant) {
+        self.inner
+            .metrics
+            .store_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The stored message object at `seq`.
+    async fn message_at(
+        &self,
+        conv: ConversationId,
+        seq: crate::domain::Seq,
+    ) -> Result<Option<bytes::Bytes>> {
+        self.get(
+            crate::store::Table::Messages,
+            &crate::store::keys::id_u64(conv.0, seq),
+        )
+        .await
+    }
+}

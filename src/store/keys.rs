@@ -60,6 +60,9 @@ mod tests {
         let id = Uuid::from_u128(7);
         assert!(id_u64(id, 255) < id_u64(id, 256));
         assert_eq!(trailing_u64(&id_u64(id, 1 << 40)), Some(1 << 40));
-        assert_eq!(trailing_id(&id_id(id, Uuid::from_u128(9))), Some(Uuid::from_u128(9)));
+        assert_eq!(
+            trailing_id(&id_id(id, Uuid::from_u128(9))),
+            Some(Uuid::from_u128(9))
+        );
     }
 }

@@ -1,0 +1,97 @@
+//! The one place where failures become HTTP statuses and the contract's
+//! error codes.
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use serde_json::json;
+
+use super::response::{Response, json_response};
+use crate::auth::AuthError;
+use crate::service;
+
+/// Everything a request can fail with, before or inside the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("{0}")]
+    InvalidCursor(String),
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("no such route")]
+    UnknownRoute,
+    #[error("this route accepts {0} only")]
+    MethodNotAllowed(&'static str),
+    #[error("the request body is over the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error(transparent)]
+    Service(#[from] service::Error),
+}
+
+impl ApiError {
+    pub fn field(message: impl Into<String>) -> ApiError {
+        ApiError::InvalidField(message.into())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use service::Error as S;
+        match self {
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
+            ApiError::InvalidCursor(_) => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::UnknownRoute => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Service(e) => match e {
+                S::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
+                S::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+                S::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                S::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                S::IdempotencyConflict | S::GroupConflict => {
+                    (StatusCode::CONFLICT, "idempotency_conflict")
+                }
+                S::PrevMissing => (StatusCode::CONFLICT, "prev_missing"),
+                S::TooManyPolls(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+                S::Unavailable(_) | S::ShuttingDown => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
+                S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            // Bad input is the client's business: not logged. Ours is.
+            ApiError::Service(service::Error::Internal(detail)) => {
+                tracing::error!(%detail, "internal error");
+                "internal error".to_owned()
+            }
+            ApiError::Service(service::Error::Unavailable(cause)) => {
+                tracing::warn!(%cause, "storage unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let body = json!({"error": {"code": code, "message": message}});
+        let mut response = json_response(status, Bytes::from(body.to_string()));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,82 @@
+//! `POST /v1/groups`, `GET /v1/groups/{id}`, `GET|POST /v1/groups/{id}/members`.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+
+use super::Ctx;
+use super::error::ApiError;
+use super::request::{Fields, Query, read_body};
+use super::response::{Response, json_value};
+use crate::domain::{GroupId, UserId};
+use crate::service::groups::{ChangeMembers, CreateGroup};
+
+/// Longest group name, in bytes.
+const MAX_NAME: usize = 256;
+
+fn group_id(id: &str) -> Result<GroupId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::field("the group id in the path must be a UUID"))
+}
+
+pub(super) async fn create(
+    ctx: &Ctx,
+    user: UserId,
+    req: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body = read_body(req, ctx.limits.max_body).await?;
+    let fields = Fields::parse(&body)?;
+    let request = CreateGroup {
+        group_id: fields.opt_id("group_id")?,
+        name: fields.string("name", MAX_NAME)?,
+        members: fields.ids("members")?,
+    };
+    let group = ctx.service.create_group(user, request).await?;
+    Ok(json_value(StatusCode::CREATED, &json!({ "group": group })))
+}
+
+pub(super) async fn get(ctx: &Ctx, user: UserId, id: &str) -> Result<Response, ApiError> {
+    let group = ctx.service.group(user, group_id(id)?).await?;
+    Ok(json_value(StatusCode::OK, &json!({ "group": group })))
+}
+
+pub(super) async fn members(
+    ctx: &Ctx,
+    user: UserId,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let g = group_id(id)?;
+    let query = Query::parse(req.uri().query());
+    let limit = query.limit(100, 1000)?;
+    let after: Option<UserId> = query.id("after")?;
+    let (page, next) = ctx
+        .service
+        .group_members_page(user, g, limit, after)
+        .await?;
+    let members: Vec<_> = page
+        .into_iter()
+        .map(|(user_id, joined_at)| json!({"user_id": user_id, "joined_at": joined_at}))
+        .collect();
+    Ok(json_value(
+        StatusCode::OK,
+        &json!({ "members": members, "next": next }),
+    ))
+}
+
+pub(super) async fn change(
+    ctx: &Ctx,
+    user: UserId,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let g = group_id(id)?;
+    let body = read_body(req, ctx.limits.max_body).await?;
+    let fields = Fields::parse(&body)?;
+    let change = ChangeMembers {
+        add: fields.ids("add")?,
+        remove: fields.ids("remove")?,
+    };
+    let group = ctx.service.change_members(user, g, change).await?;
+    Ok(json_value(StatusCode::OK, &json!({ "group": group })))
+}

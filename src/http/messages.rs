@@ -1,0 +1,63 @@
+//! `POST /v1/messages`.
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, StatusCode};
+
+use super::Ctx;
+use super::error::ApiError;
+use super::request::{Fields, read_body};
+use super::response::{Response, json_response};
+use crate::domain::UserId;
+use crate::service::send::{Destination, SendRequest};
+
+pub(super) async fn send(
+    ctx: &Ctx,
+    user: UserId,
+    req: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body = read_body(req, ctx.limits.max_body).await?;
+    let mut fields = Fields::parse(&body)?;
+    let to = match (fields.has("to"), fields.has("group_id")) {
+        (true, false) => Destination::User(fields.id("to")?),
+        (false, true) => Destination::Group(fields.id("group_id")?),
+        _ => return Err(ApiError::field("give exactly one of `to` and `group_id`")),
+    };
+    let request = SendRequest {
+        message_id: fields.id("message_id")?,
+        to,
+        prev_message_id: fields.opt_id("prev_message_id")?,
+        body: fields
+            .take("body")
+            .ok_or_else(|| ApiError::field("`body` is required (any JSON value)"))?,
+    };
+    let sent = ctx.service.send(user, request).await?;
+
+    let mut out = BytesMut::with_capacity(sent.message.len() + 16);
+    out.extend_from_slice(br#"{"message":"#);
+    out.extend_from_slice(&sent.message);
+    out.extend_from_slice(b"}");
+    let mut response = json_response(StatusCode::CREATED, out.freeze());
+    if sent.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Joins JSON texts into one JSON array.
+pub(super) fn json_array(items: &[Bytes]) -> BytesMut {
+    let len = items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
+    let mut out = BytesMut::with_capacity(len);
+    out.extend_from_slice(b"[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]");
+    out
+}

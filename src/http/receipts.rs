@@ -1,0 +1,29 @@
+//! `POST /v1/receipts`.
+
+use hyper::Request;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::Ctx;
+use super::error::ApiError;
+use super::request::{Fields, read_body};
+use super::response::{Response, no_content};
+use crate::domain::{ReceiptKind, UserId};
+
+pub(super) async fn post(
+    ctx: &Ctx,
+    user: UserId,
+    req: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body = read_body(req, ctx.limits.max_body).await?;
+    let mut fields = Fields::parse(&body)?;
+    let conv = fields.id("conversation_id")?;
+    let up_to = fields.positive("up_to_seq")?;
+    let kind = match fields.take("kind") {
+        Some(Value::String(k)) if k == "delivered" => ReceiptKind::Delivered,
+        Some(Value::String(k)) if k == "read" => ReceiptKind::Read,
+        _ => return Err(ApiError::field("`kind` must be \"delivered\" or \"read\"")),
+    };
+    ctx.service.receipt(user, conv, up_to, kind).await?;
+    Ok(no_content())
+}

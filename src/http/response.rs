@@ -1,0 +1,41 @@
+//! Response building: complete bodies with `Content-Length`, never cached,
+//! never buffered by a proxy that honours `X-Accel-Buffering`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+
+pub(crate) type Response = hyper::Response<Full<Bytes>>;
+
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = hyper::Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A JSON value as a `200` (or other) response.
+pub(crate) fn json_value(status: StatusCode, value: &serde_json::Value) -> Response {
+    json_response(status, Bytes::from(value.to_string()))
+}
+
+pub(crate) fn no_content() -> Response {
+    let mut response = json_response(StatusCode::NO_CONTENT, Bytes::new());
+    response.headers_mut().remove(CONTENT_TYPE);
+    response
+}
+
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
+    let mut response = json_response(status, body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,126 @@
+//! Routing: path and method to handler, with the request metrics around it.
+
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use super::error::ApiError;
+use super::response::Response;
+use super::{Ctx, conversations, groups, messages, ops, poll, receipts};
+use crate::domain::UserId;
+
+/// The routes of the contract. Path parameters stay text until the
+/// handler parses them, so a bad id is a 400, not a 404.
+enum Route<'a> {
+    Send,
+    Poll,
+    Conversations,
+    History(&'a str),
+    CreateGroup,
+    Group(&'a str),
+    Members(&'a str),
+    Receipts,
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+impl<'a> Route<'a> {
+    fn of(path: &'a str) -> Option<Route<'a>> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        Some(match segments.as_slice() {
+            ["v1", "messages"] => Route::Send,
+            ["v1", "poll"] => Route::Poll,
+            ["v1", "conversations"] => Route::Conversations,
+            ["v1", "conversations", id, "messages"] => Route::History(id),
+            ["v1", "groups"] => Route::CreateGroup,
+            ["v1", "groups", id] => Route::Group(id),
+            ["v1", "groups", id, "members"] => Route::Members(id),
+            ["v1", "receipts"] => Route::Receipts,
+            ["healthz"] => Route::Healthz,
+            ["readyz"] => Route::Readyz,
+            ["metrics"] => Route::Metrics,
+            _ => return None,
+        })
+    }
+
+    /// The metrics label, and the methods the route accepts.
+    fn name_and_methods(&self) -> (&'static str, &'static str) {
+        match self {
+            Route::Send => ("send", "POST"),
+            Route::Poll => ("poll", "GET"),
+            Route::Conversations => ("conversations", "GET"),
+            Route::History(_) => ("history", "GET"),
+            Route::CreateGroup => ("groups_create", "POST"),
+            Route::Group(_) => ("group_get", "GET"),
+            Route::Members(_) => ("group_members", "GET, POST"),
+            Route::Receipts => ("receipts", "POST"),
+            Route::Healthz => ("healthz", "GET"),
+            Route::Readyz => ("readyz", "GET"),
+            Route::Metrics => ("metrics", "GET"),
+        }
+    }
+}
+
+pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let route = Route::of(&path);
+    let name = route.as_ref().map_or("unknown", |r| r.name_and_methods().0);
+    let response = match route {
+        Some(route) => dispatch(ctx, route, req).await,
+        None => Err(ApiError::UnknownRoute),
+    }
+    .unwrap_or_else(ApiError::into_response);
+
+    let metrics = ctx.service.metrics();
+    metrics
+        .requests
+        .with_label_values(&[name, response.status().as_str()])
+        .inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let (_, methods) = route.name_and_methods();
+    let method = req.method().clone();
+    if !methods.split(", ").any(|m| m == method.as_str()) {
+        return Err(ApiError::MethodNotAllowed(methods));
+    }
+    match route {
+        Route::Healthz => return Ok(ops::healthz()),
+        Route::Readyz => return Ok(ops::readyz(ctx).await),
+        Route::Metrics => return Ok(ops::metrics(ctx)),
+        _ => {}
+    }
+    let user = authenticate(ctx, &req)?;
+    match route {
+        Route::Send => messages::send(ctx, user, req).await,
+        Route::Poll => poll::poll(ctx, user, &req).await,
+        Route::Conversations => conversations::list(ctx, user, &req).await,
+        Route::History(id) => conversations::history(ctx, user, id, &req).await,
+        Route::CreateGroup => groups::create(ctx, user, req).await,
+        Route::Group(id) => groups::get(ctx, user, id).await,
+        Route::Members(id) if method == Method::GET => groups::members(ctx, user, id, &req).await,
+        Route::Members(id) => groups::change(ctx, user, id, req).await,
+        Route::Receipts => receipts::post(ctx, user, req).await,
+        Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::UnknownRoute),
+    }
+}
+
+fn authenticate(ctx: &Ctx, req: &Request<Incoming>) -> Result<UserId, ApiError> {
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    Ok(ctx.auth.user_from_header(header)?)
+}

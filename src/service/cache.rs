@@ -1,0 +1,242 @@
+//! Write-through caches of what polls and history pages read most: the
+//! tail of each active mailbox and the newest page of each active
+//! conversation. Bounded in bytes, evicting the least recently used.
+//!
+//! Only the committer writes them, after the store has the data and before
+//! anyone is woken, so they are never staler than the store. (Conversation
+//! pages may also be filled by a reader that holds the conversation's
+//! sequencer lock, which no send can hold at the same time.)
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::domain::{ConversationId, Seq, UserId};
+
+/// Events kept per mailbox tail; polls of a caught-up device need one or two.
+const TAIL_EVENTS: usize = 64;
+/// Messages kept per conversation page; the default history page is 50.
+const PAGE_MESSAGES: usize = 100;
+
+/// One mailbox event as stored, with when it became durable (for the
+/// delivery-latency metric).
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub position: u64,
+    pub json: Bytes,
+    pub durable_at: Option<Instant>,
+}
+
+/// Every event of a mailbox after `known_from`, oldest first.
+#[derive(Clone, Debug)]
+pub struct Tail {
+    pub known_from: u64,
+    pub events: VecDeque<StoredEvent>,
+}
+
+impl Tail {
+    /// The newest position this tail knows of.
+    pub fn head(&self) -> u64 {
+        self.events.back().map_or(self.known_from, |e| e.position)
+    }
+
+    fn bytes(&self) -> u64 {
+        64 + self
+            .events
+            .iter()
+            .map(|e| e.json.len() as u64 + 48)
+            .sum::<u64>()
+    }
+}
+
+#[derive(Clone)]
+struct TailWeight;
+
+impl Weighter<UserId, Arc<Tail>> for TailWeight {
+    fn weight(&self, _: &UserId, tail: &Arc<Tail>) -> u64 {
+        tail.bytes()
+    }
+}
+
+pub struct MailboxCache {
+    tails: Cache<UserId, Arc<Tail>, TailWeight>,
+}
+
+impl MailboxCache {
+    pub fn new(bytes: u64) -> MailboxCache {
+        MailboxCache {
+            tails: Cache::with_weighter((bytes / 2048).max(16) as usize, bytes, TailWeight),
+        }
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<Arc<Tail>> {
+        self.tails.get(user)
+    }
+
+    /// Appends a just-committed event. Positions come from one clock in
+    /// commit order, so an absent tail can start at this event: nothing
+    /// lies between `position - 1` and it.
+    pub fn append(&self, user: UserId, event: StoredEvent) {
+        let tail = match self.tails.get(&user) {
+            Some(old) if event.position > old.head() => {
+                let mut tail = Tail::clone(&old);
+                if tail.events.len() == TAIL_EVENTS
+                    && let Some(dropped) = tail.events.pop_front()
+                {
+                    tail.known_from = dropped.position;
+                }
+                tail.events.push_back(event);
+                tail
+            }
+            Some(_) => return,
+            None => Tail {
+                known_from: event.position - 1,
+                events: VecDeque::from([event]),
+            },
+        };
+        self.tails.insert(user, Arc::new(tail));
+    }
+}
+
+/// The newest messages of a conversation, oldest first, contiguous by seq.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub messages: VecDeque<(Seq, Bytes)>,
+}
+
+impl Page {
+    pub fn first_seq(&self) -> Seq {
+        self.messages.front().map_or(0, |m| m.0)
+    }
+
+    pub fn last_seq(&self) -> Seq {
+        self.messages.back().map_or(0, |m| m.0)
+    }
+
+    fn bytes(&self) -> u64 {
+        64 + self
+            .messages
+            .iter()
+            .map(|m| m.1.len() as u64 + 40)
+            .sum::<u64>()
+    }
+}
+
+#[derive(Clone)]
+struct PageWeight;
+
+impl Weighter<ConversationId, Arc<Page>> for PageWeight {
+    fn weight(&self, _: &ConversationId, page: &Arc<Page>) -> u64 {
+        page.bytes()
+    }
+}
+
+pub struct HistoryCache {
+    pages: Cache<ConversationId, Arc<Page>, PageWeight>,
+}
+
+impl HistoryCache {
+    pub fn new(bytes: u64) -> HistoryCache {
+        HistoryCache {
+            pages: Cache::with_weighter((bytes / 8192).max(16) as usize, bytes, PageWeight),
+        }
+    }
+
+    pub fn get(&self, conv: &ConversationId) -> Option<Arc<Page>> {
+        self.pages.get(conv)
+    }
+
+    /// Stores a page read from the store, under the conversation's lock.
+    pub fn fill(&self, conv: ConversationId, mut messages: VecDeque<(Seq, Bytes)>) {
+        while messages.len() > PAGE_MESSAGES {
+            messages.pop_front();
+        }
+        self.pages.insert(conv, Arc::new(Page { messages }));
+    }
+
+    /// Appends a just-committed message; a page that would get a gap is dropped.
+    pub fn append(&self, conv: ConversationId, seq: Seq, json: Bytes) {
+        let page = match self.pages.get(&conv) {
+            Some(old) if old.last_seq() + 1 == seq => {
+                let mut page = Page::clone(&old);
+                if page.messages.len() == PAGE_MESSAGES {
+                    page.messages.pop_front();
+                }
+                page.messages.push_back((seq, json));
+                page
+            }
+            Some(_) => {
+                self.pages.remove(&conv);
+                return;
+            }
+            None if seq == 1 => Page {
+                messages: VecDeque::from([(seq, json)]),
+            },
+            None => return,
+        };
+        self.pages.insert(conv, Arc::new(page));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn ev(position: u64) -> StoredEvent {
+        StoredEvent {
+            position,
+            json: Bytes::from_static(b"{}"),
+            durable_at: None,
+        }
+    }
+
+    #[test]
+    fn a_tail_knows_everything_after_its_floor() {
+        let c = MailboxCache::new(1 << 20);
+        let u = UserId(Uuid::from_u128(1));
+        c.append(u, ev(10));
+        c.append(u, ev(12));
+        let t = c.get(&u).unwrap();
+        assert_eq!((t.known_from, t.head(), t.events.len()), (9, 12, 2));
+        for p in 13..13 + TAIL_EVENTS as u64 {
+            c.append(u, ev(p));
+        }
+        let t = c.get(&u).unwrap();
+        assert_eq!(t.events.len(), TAIL_EVENTS);
+        assert_eq!(t.known_from + 1, t.events[0].position);
+    }
+
+    #[test]
+    fn pages_stay_contiguous() {
+        let c = HistoryCache::new(1 << 20);
+        let conv = ConversationId(Uuid::from_u128(1));
+        c.append(conv, 3, Bytes::new());
+        assert!(
+            c.get(&conv).is_none(),
+            "a page never starts mid-conversation by itself"
+        );
+        c.append(conv, 1, Bytes::new());
+        c.append(conv, 2, Bytes::new());
+        assert_eq!(c.get(&conv).unwrap().last_seq(), 2);
+        c.append(conv, 4, Bytes::new());
+        assert!(c.get(&conv).is_none(), "a gap drops the page");
+    }
+
+    #[test]
+    fn bounded_in_bytes() {
+        let c = MailboxCache::new(64 * 1024);
+        for i in 0..10_000u128 {
+            c.append(UserId(Uuid::from_u128(i)), ev(5));
+        }
+        let kept = (0..10_000u128)
+            .filter(|i| c.get(&UserId(Uuid::from_u128(*i))).is_some())
+            .count();
+        assert!(kept < 10_000 && kept > 0, "kept {kept}");
+    }
+}

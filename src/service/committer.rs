@@ -1,0 +1,238 @@
+//! Group commit: the one task that writes sends, receipts and group changes
+//! to the store.
+//!
+//! It drains every request waiting in its queue into a single store write
+//! (one fsync, or one HBase round trip), so durability costs one sync per
+//! batch, not per message. Being the only writer of mailbox rows, it also
+//! assigns mailbox positions: in commit order, so a reader can never see a
+//! later position before an earlier one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::cache::{HistoryCache, MailboxCache, StoredEvent};
+use super::clock::Clock;
+use super::waiters::Waiters;
+use crate::domain::{ConversationId, Cursor, MessageId, Seq, UserId};
+use crate::metrics::Metrics;
+use crate::store::{Mutation, Store, StoreError, Table, keys};
+
+/// One unit of work that must become durable as a whole.
+#[derive(Default)]
+pub struct Commit {
+    /// Rows to put or delete as they are.
+    pub writes: Vec<Mutation>,
+    /// Events to append to mailboxes; positions are assigned at commit.
+    pub appends: Vec<(UserId, Bytes)>,
+    /// Events owed to mailboxes through the outbox (the sender's copy,
+    /// receipts): written durably now, appended by the outbox worker.
+    pub outbox: Vec<(UserId, Bytes)>,
+    /// A message entering a conversation, for the history cache.
+    pub message: Option<(ConversationId, Seq, Bytes)>,
+    /// A send to announce to pipelined sends waiting for it.
+    pub arrival: Option<(UserId, MessageId)>,
+}
+
+/// What a commit became.
+#[derive(Debug)]
+pub struct Committed {
+    /// The position of each append, in order.
+    pub positions: Vec<Cursor>,
+}
+
+struct Request {
+    commit: Commit,
+    accepted_at: Instant,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// The committer's queue. Cloning is shallow.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::UnboundedSender<Request>,
+}
+
+/// What the committer task owns.
+pub struct Writer {
+    pub store: Arc<dyn Store>,
+    pub node_key: [u8; 8],
+    pub clock: Clock,
+    pub max_batch: usize,
+    pub mailbox_cache: Arc<MailboxCache>,
+    pub history_cache: Arc<HistoryCache>,
+    pub mailbox_waiters: Arc<Waiters<UserId>>,
+    pub arrivals: Arc<Waiters<(UserId, MessageId)>>,
+    /// Kicked whenever outbox rows were written.
+    pub outbox_kick: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<Metrics>,
+    /// Fired at shutdown: take no new work, finish what is queued.
+    pub closing: tokio_util::sync::CancellationToken,
+}
+
+impl Committer {
+    /// Starts the committer task; it ends when `closing` fires (or every
+    /// `Committer` is dropped) and its queue is drained.
+    pub fn start(writer: Writer) -> (Committer, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(writer.run(rx));
+        (Committer { queue }, task)
+    }
+
+    /// Makes `commit` durable; returns once it is on disk.
+    pub async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            commit,
+            accepted_at: Instant::now(),
+            reply,
+        };
+        self.queue
+            .send(request)
+            .map_err(|_| StoreError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
+    }
+}
+
+/// The outbox row key of this node's entry `id`.
+pub fn outbox_row(node_key: [u8; 8], id: u64) -> Vec<u8> {
+    let mut row = Vec::with_capacity(16);
+    row.extend_from_slice(&node_key);
+    row.extend_from_slice(&id.to_be_bytes());
+    row
+}
+
+/// The outbox cell: `user(16) || event JSON`.
+pub fn outbox_cell(user: UserId, event: &[u8]) -> Bytes {
+    let mut cell = BytesMut::with_capacity(16 + event.len());
+    cell.put_slice(user.0.as_bytes());
+    cell.put_slice(event);
+    cell.freeze()
+}
+
+/// The node-state row holding the clock's lease.
+pub fn clock_row(node_key: [u8; 8]) -> Vec<u8> {
+    let mut row = node_key.to_vec();
+    row.extend_from_slice(b"clock");
+    row
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let closing = self.closing.clone();
+        loop {
+            tokio::select! {
+                biased;
+                received = rx.recv_many(&mut batch, self.max_batch) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.commit_batch(std::mem::take(&mut batch)).await;
+                }
+                // Later sends fail fast with "shutting down"; queued ones still commit.
+                _ = closing.cancelled(), if !rx.is_closed() => rx.close(),
+            }
+        }
+    }
+
+    async fn commit_batch(&mut self, requests: Vec<Request>) {
+        let mut writes = Vec::new();
+        let mut positions: Vec<Vec<u64>> = Vec::with_capacity(requests.len());
+        let mut outbox_rows = 0;
+        for request in &requests {
+            let c = &request.commit;
+            writes.extend(c.writes.iter().cloned());
+            let mut mine = Vec::with_capacity(c.appends.len());
+            for (user, event) in &c.appends {
+                let position = self.clock.next();
+                writes.push(Mutation::Put {
+                    table: Table::Mailboxes,
+                    row: keys::id_u64(user.0, position),
+                    value: event.clone(),
+                });
+                mine.push(position);
+            }
+            for (user, event) in &c.outbox {
+                writes.push(Mutation::Put {
+                    table: Table::Outbox,
+                    row: outbox_row(self.node_key, self.clock.next()),
+                    value: outbox_cell(*user, event),
+                });
+                outbox_rows += 1;
+            }
+            positions.push(mine);
+        }
+        if let Some(lease) = self.clock.renew() {
+            // First in the batch: on a store without atomic batches the
+            // lease lands no later than the positions it covers.
+            writes.insert(
+                0,
+                Mutation::Put {
+                    table: Table::NodeState,
+                    row: clock_row(self.node_key),
+                    value: Bytes::copy_from_slice(&lease.to_be_bytes()),
+                },
+            );
+        }
+
+        self.metrics
+            .commit_batch_size
+            .observe(requests.len() as f64);
+        let started = Instant::now();
+        let result = self.store.write(writes).await;
+        let durable_at = Instant::now();
+        self.metrics
+            .store_seconds
+            .with_label_values(&["write"])
+            .observe((durable_at - started).as_secs_f64());
+
+        if let Err(e) = result {
+            tracing::warn!(error = %e, sends = requests.len(), "commit failed");
+            for request in requests {
+                let _ = request
+                    .reply
+                    .send(Err(StoreError::Unavailable(e.to_string())));
+            }
+            return;
+        }
+        if outbox_rows > 0 {
+            self.metrics.outbox_depth.add(outbox_rows);
+            self.outbox_kick.notify_one();
+        }
+
+        // Caches first, then wakes: a woken poll must find what woke it.
+        for (request, mine) in requests.iter().zip(&positions) {
+            for ((user, event), position) in request.commit.appends.iter().zip(mine) {
+                self.mailbox_cache.append(
+                    *user,
+                    StoredEvent {
+                        position: *position,
+                        json: event.clone(),
+                        durable_at: Some(durable_at),
+                    },
+                );
+            }
+            if let Some((conv, seq, json)) = &request.commit.message {
+                self.history_cache.append(*conv, *seq, json.clone());
+            }
+        }
+        for (request, mine) in requests.into_iter().zip(positions) {
+            for (user, _) in &request.commit.appends {
+                self.mailbox_waiters.wake(user);
+            }
+            if let Some(key) = &request.commit.arrival {
+                self.arrivals.wake(key);
+            }
+            self.metrics
+                .stage_seconds
+                .with_label_values(&["durable"])
+                .observe((durable_at - request.accepted_at).as_secs_f64());
+            let positions = mine.into_iter().map(Cursor).collect();
+            let _ = request.reply.send(Ok(Committed { positions }));
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Groups: creation, membership changes, reads. Every change to a group
+//! runs under its conversation's sequencer lock, so a message's fan-out
+//! always matches the membership at its seq.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::committer::Commit;
+use super::conversations::{ConversationMeta, Membership, UserConversation};
+use super::locks::KeyGuard;
+use super::send::Head;
+use super::{Error, Result, Service};
+use crate::domain::{ConversationId, Event, GroupChange, GroupEvent, GroupId, UserId, now_ms};
+use crate::store::{Mutation, Scan, Table, keys};
+
+/// Bytes of member lists the group cache keeps.
+const GROUP_CACHE_BYTES: u64 = 32 << 20;
+
+/// The row of `groups_by_id`, and the group object of the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub group_id: GroupId,
+    pub name: String,
+    pub owner_id: UserId,
+    pub member_count: usize,
+    pub created_at: i64,
+}
+
+/// A group with its members (sorted), as fan-out needs it.
+#[derive(Debug)]
+pub struct GroupState {
+    pub info: GroupInfo,
+    pub members: Arc<Vec<UserId>>,
+}
+
+impl GroupState {
+    pub fn membership(&self, user: UserId) -> Membership {
+        if self.members.binary_search(&user).is_ok() {
+            Membership::Member
+        } else {
+            Membership::NotMember
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MembersWeight;
+
+impl Weighter<GroupId, Arc<GroupState>> for MembersWeight {
+    fn weight(&self, _: &GroupId, g: &Arc<GroupState>) -> u64 {
+        128 + 16 * g.members.len() as u64
+    }
+}
+
+/// Groups recently used, filled only under the group's sequencer lock.
+pub struct GroupCache {
+    groups: Cache<GroupId, Arc<GroupState>, MembersWeight>,
+}
+
+impl GroupCache {
+    pub fn new() -> GroupCache {
+        GroupCache {
+            groups: Cache::with_weighter(1024, GROUP_CACHE_BYTES, MembersWeight),
+        }
+    }
+}
+
+impl Default for GroupCache {
+    fn default() -> Self {
+        GroupCache::new()
+    }
+}
+
+pub struct CreateGroup {
+    pub group_id: Option<GroupId>,
+    pub name: String,
+    pub members: Vec<UserId>,
+}
+
+pub struct ChangeMembers {
+    pub add: Vec<UserId>,
+    pub remove: Vec<UserId>,
+}
+
+/// One member row: `joined_at` (ms) as 8 big-endian bytes.
+fn member_put(g: GroupId, user: UserId, at: i64) -> Mutation {
+    Mutation::Put {
+        table: Table::Members,
+        row: keys::id_id(g.0, user.0),
+        value: Bytes::copy_from_slice(&at.to_be_bytes()),
+    }
+}
+
+fn group_event(g: GroupId, change: GroupChange, user_ids: Vec<UserId>, at: i64) -> Result<Bytes> {
+    let event = Event::Group {
+        group: GroupEvent {
+            group_id: g,
+            change,
+            user_ids,
+            at,
+        },
+    };
+    Ok(Bytes::from(serde_json::to_vec(&event)?))
+}
+
+impl Service {
+    /// The group as the store holds it (through the cache), without filling
+    /// the cache: only lock holders may fill it.
+    pub(crate) async fn group_state(&self, g: GroupId) -> Result<Option<Arc<GroupState>>> {
+        if let Some(state) = self.inner.groups.groups.get(&g) {
+            return Ok(Some(state));
+        }
+        self.load_group(g).await
+    }
+
+    /// The same, for a holder of the group's lock, filling the cache.
+    async fn group_state_locked(
+        &self,
+        g: GroupId,
+        _lock: &KeyGuard<ConversationId, Head>,
+    ) -> Result<Option<Arc<GroupState>>> {
+        let state = self.group_state(g).await?;
+        if let Some(state) = &state {
+            self.inner.groups.groups.insert(g, state.clone());
+        }
+        Ok(state)
+    }
+
+    async fn load_group(&self, g: GroupId) -> Result<Option<Arc<GroupState>>> {
+        let Some(info) = self.get(Table::Groups, g.0.as_bytes()).await? else {
+            return Ok(None);
+        };
+        let info: GroupInfo = serde_json::from_slice(&info)?;
+        let rows = self
+            .scan(Scan::prefix(Table::Members, g.0.as_bytes(), usize::MAX))
+            .await?;
+        let mut members = Vec::with_capacity(rows.len());
+        for (row, _) in rows {
+            let user = keys::trailing_id(&row)
+                .ok_or_else(|| Error::Internal("short member key".into()))?;
+            members.push(UserId(user));
+        }
+        Ok(Some(Arc::new(GroupState {
+            info,
+            members: Arc::new(members),
+        })))
+    }
+
+    pub async fn create_group(&self, owner: UserId, req: CreateGroup) -> Result<GroupInfo> {
+        let g = req.group_id.unwrap_or_else(|| GroupId(Uuid::new_v4()));
+        let lock = self.inner.sequencer.lock(ConversationId::from(g)).await;
+        if let Some(existing) = self.group_state_locked(g, &lock).await? {
+            // Idempotent: the same creator and name get the same group back.
+            if existing.info.owner_id == owner && existing.info.name == req.name {
+                return Ok(existing.info.clone());
+            }
+            return Err(Error::GroupConflict);
+        }
+        if self
+            .conversation_meta(ConversationId::from(g))
+            .await?
+            .is_some()
+        {
+            return Err(Error::GroupConflict);
+        }
+        let members: BTreeSet<UserId> = req.members.iter().copied().chain([owner]).collect();
+        if members.len() > self.inner.settings.max_group_members {
+            return Err(Error::InvalidField(format!(
+                "a group has at most {} members",
+                self.inner.settings.max_group_members
+            )));
+        }
+        let members: Vec<UserId> = members.into_iter().collect();
+        let now = now_ms();
+        let info = GroupInfo {
+            group_id: g,
+            name: req.name,
+            owner_id: owner,
+            member_count: members.len(),
+            created_at: now,
+        };
+        let conv = ConversationId::from(g);
+        let mut commit = Commit::default();
+        commit
+            .writes
+            .extend(ConversationMeta::Group { group_id: g }.rows(conv, now)?);
+        commit.writes.push(Mutation::Put {
+            table: Table::Groups,
+            row: g.0.as_bytes().to_vec(),
+            value: Bytes::from(serde_json::to_vec(&info)?),
+        });
+        let entry = UserConversation {
+            peer_id: None,
+            group_id: Some(g),
+            since: now,
+            left_at_seq: None,
+        };
+        for m in &members {
+            commit.writes.push(member_put(g, *m, now));
+            commit.writes.push(entry.put(*m, conv)?);
+        }
+        let event = group_event(g, GroupChange::Created, members.clone(), now)?;
+        commit.appends = members.iter().map(|m| (*m, event.clone())).collect();
+        self.inner.committer.commit(commit).await?;
+        self.inner.groups.groups.insert(
+            g,
+            Arc::new(GroupState {
+                info: info.clone(),
+                members: Arc::new(members),
+            }),
+        );
+        Ok(info)
+    }
+
+    pub async fn change_members(
+        &self,
+        actor: UserId,
+        g: GroupId,
+        change: ChangeMembers,
+    ) -> Result<GroupInfo> {
+        let add: BTreeSet<UserId> = change.add.into_iter().collect();
+        let remove: BTreeSet<UserId> = change.remove.into_iter().collect();
+        if add.intersection(&remove).next().is_some() {
+            return Err(Error::InvalidField(
+                "a user cannot be both added and removed".into(),
+            ));
+        }
+        let conv = ConversationId::from(g);
+        let mut lock = self.inner.sequencer.lock(conv).await;
+        let group = self
+            .group_state_locked(g, &lock)
+            .await?
+            .ok_or(Error::NotFound("group"))?;
+        if group.membership(actor) != Membership::Member {
+            return Err(Error::Forbidden("you are not a member of this group"));
+        }
+        let leaving_alone = add.is_empty() && remove.iter().all(|u| *u == actor);
+        if group.info.owner_id != actor && !leaving_alone {
+            return Err(Error::Forbidden(
+                "only the owner changes members; a member may remove itself",
+            ));
+        }
+
+        let before: BTreeSet<UserId> = group.members.iter().copied().collect();
+        let removed: Vec<UserId> = remove.intersection(&before).copied().collect();
+        let added: Vec<UserId> = add.difference(&before).copied().collect();
+        if removed.is_empty() && added.is_empty() {
+            return Ok(group.info.clone());
+        }
+        let after: BTreeSet<UserId> = before
+            .iter()
+            .filter(|u| !remove.contains(u))
+            .chain(added.iter())
+            .copied()
+            .collect();
+        if after.len() > self.inner.settings.max_group_members {
+            return Err(Error::InvalidField(format!(
+                "a group has at most {} members",
+                self.inner.settings.max_group_members
+            )));
+        }
+
+        self.load_head(conv, &mut lock).await?;
+        let last_seq = lock.seq();
+        let now = now_ms();
+        let info = GroupInfo {
+            member_count: after.len(),
+            ..group.info.clone()
+        };
+        let mut commit = Commit::default();
+        commit.writes.push(Mutation::Put {
+            table: Table::Groups,
+            row: g.0.as_bytes().to_vec(),
+            value: Bytes::from(serde_json::to_vec(&info)?),
+        });
+        for u in &removed {
+            commit.writes.push(Mutation::Delete {
+                table: Table::Members,
+                row: keys::id_id(g.0, u.0),
+            });
+            let entry = UserConversation {
+                peer_id: None,
+                group_id: Some(g),
+                since: now,
+                left_at_seq: Some(last_seq),
+            };
+            commit.writes.push(entry.put(*u, conv)?);
+        }
+        for u in &added {
+            commit.writes.push(member_put(g, *u, now));
+            let entry = UserConversation {
+                peer_id: None,
+                group_id: Some(g),
+                since: now,
+                left_at_seq: None,
+            };
+            commit.writes.push(entry.put(*u, conv)?);
+        }
+        if !removed.is_empty() {
+            // The removed hear of it too; nothing after.
+            let event = group_event(g, GroupChange::Left, removed.clone(), now)?;
+            commit
+                .appends
+                .extend(before.iter().map(|m| (*m, event.clone())));
+        }
+        if !added.is_empty() {
+            let event = group_event(g, GroupChange::Joined, added.clone(), now)?;
+            commit
+                .appends
+                .extend(after.iter().map(|m| (*m, event.clone())));
+        }
+        self.inner.committer.commit(commit).await?;
+        self.inner.groups.groups.insert(
+            g,
+            Arc::new(GroupState {
+                info: info.clone(),
+                members: Arc::new(after.into_iter().collect()),
+            }),
+        );
+        Ok(info)
+    }
+
+    /// The group, for one of its members.
+    pub async fn group(&self, user: UserId, g: GroupId) -> Result<GroupInfo> {
+        let group = self.group_state(g).await?.ok_or(Error::NotFound("group"))?;
+        if group.membership(user) != Membership::Member {
+            return Err(Error::Forbidden("you are not a member of this group"));
+        }
+        Ok(group.info.clone())
+    }
+
+    /// A page of members in user-id order, after `after`; and the cursor
+    /// for the next page.
+    pub async fn group_members_page(
+        &self,
+        user: UserId,
+        g: GroupId,
+        limit: usize,
+        after: Option<UserId>,
+    ) -> Result<(Vec<(UserId, i64)>, Option<UserId>)> {
+        self.group(user, g).await?;
+        let mut scan = Scan::prefix(Table::Members, g.0.as_bytes(), limit + 1);
+        if let Some(after) = after {
+            scan.start = std::ops::Bound::Excluded(keys::id_id(g.0, after.0));
+        }
+        let rows = self.scan(scan).await?;
+        let mut page = Vec::with_capacity(rows.len());
+        for (row, value) in rows {
+            let user = keys::trailing_id(&row)
+                .ok_or_else(|| Error::Internal("short member key".into()))?;
+            let at: [u8; 8] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| Error::Internal("malformed member row".into()))?;
+            page.push((UserId(user), i64::from_be_bytes(at)));
+        }
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|m| m.0)
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+}

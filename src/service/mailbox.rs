@@ -1,0 +1,94 @@
+//! Reading a user's mailbox: the tail from the cache when it covers the
+//! cursor, else the store.
+
+use std::ops::Bound;
+
+use super::cache::StoredEvent;
+use super::{Error, Result, Service};
+use crate::domain::{Cursor, UserId};
+use crate::store::{Scan, Table, keys};
+
+/// Events after a cursor, oldest first, and the cursor that follows them.
+#[derive(Debug)]
+pub struct Batch {
+    pub events: Vec<StoredEvent>,
+    pub cursor: Cursor,
+}
+
+impl Service {
+    /// The position of the newest event (0 for an empty mailbox).
+    pub(crate) async fn head(&self, user: UserId) -> Result<Cursor> {
+        if let Some(tail) = self.inner.mailbox_cache.get(&user) {
+            return Ok(Cursor(tail.head()));
+        }
+        let newest = self
+            .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
+            .await?;
+        Ok(Cursor(
+            newest
+                .first()
+                .and_then(|(row, _)| keys::trailing_u64(row))
+                .unwrap_or(0),
+        ))
+    }
+
+    /// Up to `limit` events after `cursor`. A cursor ahead of the mailbox
+    /// is refused: it was not issued for this user.
+    pub(crate) async fn read_after(
+        &self,
+        user: UserId,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Batch> {
+        let metrics = &self.inner.metrics;
+        if let Some(tail) = self.inner.mailbox_cache.get(&user)
+            && cursor.0 >= tail.known_from
+        {
+            metrics.cache_hits.with_label_values(&["mailbox"]).inc();
+            if cursor.0 > tail.head() {
+                return Err(Error::InvalidCursor);
+            }
+            let events: Vec<StoredEvent> = tail
+                .events
+                .iter()
+                .filter(|e| e.position > cursor.0)
+                .take(limit)
+                .cloned()
+                .collect();
+            let next = events.last().map_or(cursor, |e| Cursor(e.position));
+            return Ok(Batch {
+                events,
+                cursor: next,
+            });
+        }
+        metrics.cache_misses.with_label_values(&["mailbox"]).inc();
+
+        let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), limit);
+        scan.start = Bound::Excluded(keys::id_u64(user.0, cursor.0));
+        let rows = self.scan(scan).await?;
+        if rows.is_empty() {
+            if cursor > self.head(user).await? {
+                return Err(Error::InvalidCursor);
+            }
+            return Ok(Batch {
+                events: Vec::new(),
+                cursor,
+            });
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for (row, json) in rows {
+            let position = keys::trailing_u64(&row)
+                .ok_or_else(|| Error::Internal("short mailbox key".into()))?;
+            events.push(StoredEvent {
+                position,
+                json,
+                durable_at: None,
+            });
+        }
+        let next = events.last().map_or(cursor, |e| Cursor(e.position));
+        Ok(Batch {
+            events,
+            cursor: next,
+        })
+    }
+}

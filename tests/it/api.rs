@@ -1,0 +1,134 @@
+//! The happy paths of the contract, end to end.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::harness::Node;
+
+#[tokio::test]
+async fn a_message_reaches_a_parked_poll() {
+    let node = Node::start().await;
+    let (alice, bob) = (node.user(), node.user());
+    let cursor = node.head(&bob).await;
+    let poll = node.poll(&bob, Some(&cursor), 10);
+    let send = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        node.send(&alice, &bob, json!({"text": "hi"})).await
+    };
+    let (polled, sent) = tokio::join!(poll, send);
+    assert_eq!(sent.status, StatusCode::CREATED, "{sent:?}");
+    assert_eq!(polled.status, StatusCode::OK);
+    let events = polled.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "message");
+    assert_eq!(events[0]["message"], sent.body["message"]);
+    assert_eq!(events[0]["message"]["seq"], 1);
+    assert_eq!(polled.body["timed_out"], false);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn poll_responses_survive_proxies() {
+    let node = Node::start().await;
+    let bob = node.user();
+    let cursor = node.head(&bob).await;
+    let r = node.poll(&bob, Some(&cursor), 1).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["events"], json!([]));
+    assert_eq!(r.body["cursor"], cursor.as_str());
+    assert_eq!(r.body["timed_out"], true);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["x-accel-buffering"], "no");
+    assert!(r.headers.contains_key("content-length"));
+    assert!(!r.headers.contains_key("transfer-encoding"));
+    assert_eq!(r.headers["content-type"], "application/json; charset=utf-8");
+}
+
+#[tokio::test]
+async fn history_pages_newest_first() {
+    let node = Node::start().await;
+    let (alice, bob) = (node.user(), node.user());
+    let mut conv = String::new();
+    for i in 1..=7 {
+        let r = node.send(&alice, &bob, json!({"n": i})).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        conv = r.body["message"]["conversation_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let seqs = |r: &crate::harness::Reply| -> Vec<u64> {
+        r.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let page = |q: &str| format!("/v1/conversations/{conv}/messages?{q}");
+    let r = node.get(&page("limit=3"), Some(&bob.token)).await;
+    assert_eq!(seqs(&r), vec![7, 6, 5]);
+    let r = node
+        .get(&page("limit=3&before_seq=5"), Some(&alice.token))
+        .await;
+    assert_eq!(seqs(&r), vec![4, 3, 2]);
+    let r = node
+        .get(&page("limit=3&offset=5"), Some(&alice.token))
+        .await;
+    assert_eq!(seqs(&r), vec![2, 1]);
+    let r = node.get(&page(""), Some(&alice.token)).await;
+    assert_eq!(seqs(&r), vec![7, 6, 5, 4, 3, 2, 1]);
+    // prev_message_id chains the conversation.
+    let all = r.body["messages"].as_array().unwrap();
+    for pair in all.windows(2) {
+        assert_eq!(pair[0]["prev_message_id"], pair[1]["message_id"]);
+    }
+    assert_eq!(all[6]["prev_message_id"], json!(null));
+}
+
+#[tokio::test]
+async fn every_device_follows_the_mailbox_with_its_own_cursor() {
+    let node = Node::start().await;
+    let (alice, bob) = (node.user(), node.user());
+    let phone = node.head(&bob).await;
+    node.send(&alice, &bob, json!("one")).await;
+    let laptop = node.head(&bob).await;
+    node.send(&alice, &bob, json!("two")).await;
+    let (from_phone, _) = node.drain(&bob, &phone).await;
+    let (from_laptop, _) = node.drain(&bob, &laptop).await;
+    let bodies = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| e["message"]["body"].clone())
+            .collect()
+    };
+    assert_eq!(bodies(&from_phone), vec![json!("one"), json!("two")]);
+    assert_eq!(bodies(&from_laptop), vec![json!("two")]);
+    // An older cursor replays (at-least-once).
+    let (again, _) = node.drain(&bob, &phone).await;
+    assert_eq!(bodies(&again), bodies(&from_phone));
+}
+
+#[tokio::test]
+async fn the_senders_other_devices_get_its_copy() {
+    let node = Node::start().await;
+    let (alice, bob) = (node.user(), node.user());
+    let cursor = node.head(&alice).await;
+    let sent = node.send(&alice, &bob, json!("copy me")).await;
+    let r = node.poll(&alice, Some(&cursor), 10).await;
+    let events = r.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{r:?}");
+    assert_eq!(events[0]["message"], sent.body["message"]);
+}
+
+#[tokio::test]
+async fn a_note_to_self_arrives_once() {
+    let node = Node::start().await;
+    let alice = node.user();
+    let cursor = node.head(&alice).await;
+    let sent = node.send(&alice, &alice, json!("note")).await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (events, _) = node.drain(&alice, &cursor).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+}

@@ -1,0 +1,8 @@
+#![allow(unreachable_pub)]
+
+//! Integration tests: real nodes on ephemeral loopback ports, driven over
+//! HTTP like a client would.
+
+mod harness;
+
+mod api;
