@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -51,75 +52,17 @@ pub async fn serve(
         Backend::Embedded => Arc::new(EmbeddedStore::open(&config.storage.path)?),
         Backend::Hbase => return Err(AppError::BackendUnavailable),
     };
-    let dyn_store: Arc<dyn Store> = store.clone();
-    let metrics = Arc::new(Metrics::new());
-    let node_key = node_key(&config.cluster.node_id);
-
-    let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
-        Some(b) => u64::from_be_bytes(
-            b.as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("clock lease".into()))?,
-        ),
-        None => 0,
-    };
-    let mailbox_cache = Arc::new(MailboxCache::new(config.cache.mailbox_bytes));
-    let history_cache = Arc::new(HistoryCache::new(config.cache.history_bytes));
-    let mailbox_waiters: Arc<Waiters<UserId>> = Waiters::new(
-        config.limits.max_polls_per_user,
-        config.limits.max_polls_per_node,
-    );
-    let arrivals: Arc<Waiters<(UserId, MessageId)>> = Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS);
-    let outbox_kick = Arc::new(tokio::sync::Notify::new());
-
-    let closing = CancellationToken::new();
-    let (committer, committer_task) = Committer::start(Writer {
-        closing: closing.clone(),
-        store: dyn_store.clone(),
-        node_key,
-        clock: Clock::resume(lease),
-        max_batch: config.send.max_batch,
-        mailbox_cache: mailbox_cache.clone(),
-        history_cache: history_cache.clone(),
-        mailbox_waiters: mailbox_waiters.clone(),
-        arrivals: arrivals.clone(),
-        outbox_kick: outbox_kick.clone(),
-        metrics: metrics.clone(),
-    });
-    let stop = CancellationToken::new();
-    let service = Service::new(Parts {
-        store: dyn_store.clone(),
-        committer: committer.clone(),
-        metrics: metrics.clone(),
-        mailbox_waiters,
-        arrivals,
-        mailbox_cache,
-        history_cache,
-        settings: Settings::from_config(&config),
-        shutdown: stop.clone(),
-    });
-    let outbox = tokio::spawn(
-        Outbox {
-            store: dyn_store,
-            committer,
-            node_key,
-            kick: outbox_kick,
-            metrics,
-        }
-        .run(stop.clone()),
-    );
-
+    let node = Node::start(&config, store.clone()).await?;
     {
-        let stop = stop.clone();
+        let stop = node.stop.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down");
             stop.cancel();
         });
     }
-
     let ctx = Arc::new(Ctx {
-        service: service.clone(),
+        service: node.service.clone(),
         auth: Auth::new(&secret),
         limits: HttpLimits {
             max_body: config.limits.max_body_bytes,
@@ -128,15 +71,107 @@ pub async fn serve(
             header_timeout: Duration::from_secs(30),
         },
     });
-    http::serve(listener, ctx, stop.clone(), config.server.shutdown_grace).await;
-    service.wake_all();
-
-    let _ = outbox.await;
-    closing.cancel();
-    let _ = committer_task.await;
+    http::serve(
+        listener,
+        ctx,
+        node.stop.clone(),
+        config.server.shutdown_grace,
+    )
+    .await;
+    node.shutdown().await;
     store.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A node's service and the tasks behind it, without the HTTP front.
+pub struct Node {
+    pub service: Service,
+    /// Fired to stop: parked polls answer, the outbox worker ends.
+    pub stop: CancellationToken,
+    /// Fired after the front has stopped: the committer takes no new work.
+    closing: CancellationToken,
+    committer: JoinHandle<()>,
+    outbox: JoinHandle<()>,
+}
+
+impl Node {
+    /// Builds the service on `store`: resumes the clock, starts the
+    /// committer and the outbox worker.
+    pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Node, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let node_key = node_key(&config.cluster.node_id);
+        let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
+            Some(b) => u64::from_be_bytes(
+                b.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("clock lease".into()))?,
+            ),
+            None => 0,
+        };
+        let mailbox_cache = Arc::new(MailboxCache::new(config.cache.mailbox_bytes));
+        let history_cache = Arc::new(HistoryCache::new(config.cache.history_bytes));
+        let mailbox_waiters: Arc<Waiters<UserId>> = Waiters::new(
+            config.limits.max_polls_per_user,
+            config.limits.max_polls_per_node,
+        );
+        let arrivals: Arc<Waiters<(UserId, MessageId)>> =
+            Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS);
+        let outbox_kick = Arc::new(tokio::sync::Notify::new());
+        let closing = CancellationToken::new();
+        let (committer, committer_task) = Committer::start(Writer {
+            closing: closing.clone(),
+            store: store.clone(),
+            node_key,
+            clock: Clock::resume(lease),
+            max_batch: config.send.max_batch,
+            mailbox_cache: mailbox_cache.clone(),
+            history_cache: history_cache.clone(),
+            mailbox_waiters: mailbox_waiters.clone(),
+            arrivals: arrivals.clone(),
+            outbox_kick: outbox_kick.clone(),
+            metrics: metrics.clone(),
+        });
+        let stop = CancellationToken::new();
+        let service = Service::new(Parts {
+            store: store.clone(),
+            committer: committer.clone(),
+            metrics: metrics.clone(),
+            mailbox_waiters,
+            arrivals,
+            mailbox_cache,
+            history_cache,
+            settings: Settings::from_config(config),
+            shutdown: stop.clone(),
+        });
+        let outbox = tokio::spawn(
+            Outbox {
+                store,
+                committer,
+                node_key,
+                kick: outbox_kick,
+                metrics,
+            }
+            .run(stop.clone()),
+        );
+        Ok(Node {
+            service,
+            stop,
+            closing,
+            committer: committer_task,
+            outbox,
+        })
+    }
+
+    /// Stops the node: parked polls answer, the outbox worker ends, the
+    /// committer commits what is queued and ends.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.service.wake_all();
+        let _ = self.outbox.await;
+        self.closing.cancel();
+        let _ = self.committer.await;
+    }
 }
 
 /// This node's 8-byte key in shared tables (the outbox, node state).

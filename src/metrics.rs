@@ -194,9 +194,7 @@ impl Metrics {
         for route in ROUTES {
             self.request_seconds.with_label_values(&[route]);
         }
-        for stage in ["durable"] {
-            self.stage_seconds.with_label_values(&[stage]);
-        }
+        self.stage_seconds.with_label_values(&["durable"]);
         for limit in ["user", "node"] {
             self.polls_refused.with_label_values(&[limit]);
         }

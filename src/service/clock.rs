@@ -1,6 +1,6 @@
 //! The node's hybrid logical clock: mailbox positions and outbox ids.
 //!
-//! `next()` is `max(now in µs, last + 1)`, so positions are strictly
+//! `tick()` is `max(now in µs, last + 1)`, so positions are strictly
 //! increasing and close to wall time. The clock leases time ahead in the
 //! store (`lease_until`): a restarted node starts above every position it
 //! may have issued, even if the wall clock stepped back meanwhile.
@@ -25,7 +25,7 @@ impl Clock {
     }
 
     /// The next position.
-    pub fn next(&mut self) -> u64 {
+    pub fn tick(&mut self) -> u64 {
         self.last = now_us().max(self.last + 1);
         self.last
     }
@@ -57,7 +57,7 @@ mod tests {
         let mut c = Clock::resume(0);
         let mut prev = 0;
         for _ in 0..100_000 {
-            let p = c.next();
+            let p = c.tick();
             assert!(p > prev);
             prev = p;
         }
@@ -67,16 +67,16 @@ mod tests {
     fn resumes_above_a_lease_from_the_future() {
         let far = now_us() + 3_600_000_000;
         let mut c = Clock::resume(far);
-        assert!(c.next() > far);
+        assert!(c.tick() > far);
     }
 
     #[test]
     fn renews_once_per_half_lease() {
         let mut c = Clock::resume(0);
-        c.next();
+        c.tick();
         let lease = c.renew().expect("a fresh clock has no lease");
         assert!(lease > c.last);
-        c.next();
+        c.tick();
         assert_eq!(c.renew(), None);
     }
 }

@@ -148,7 +148,7 @@ impl Writer {
             writes.extend(c.writes.iter().cloned());
             let mut mine = Vec::with_capacity(c.appends.len());
             for (user, event) in &c.appends {
-                let position = self.clock.next();
+                let position = self.clock.tick();
                 writes.push(Mutation::Put {
                     table: Table::Mailboxes,
                     row: keys::id_u64(user.0, position),
@@ -159,7 +159,7 @@ impl Writer {
             for (user, event) in &c.outbox {
                 writes.push(Mutation::Put {
                     table: Table::Outbox,
-                    row: outbox_row(self.node_key, self.clock.next()),
+                    row: outbox_row(self.node_key, self.clock.tick()),
                     value: outbox_cell(*user, event),
                 });
                 outbox_rows += 1;

@@ -22,6 +22,9 @@ pub mod receipts;
 pub mod send;
 pub mod waiters;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -113,7 +113,7 @@ impl Inner {
         _serial: &MutexGuard<'_, ()>,
         batch: impl IntoIterator<Item = Mutation>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.batch().durability(None);
+        let mut tx = self.db.batch().durability(Some(PersistMode::SyncData));
         for mutation in batch {
             match mutation {
                 Mutation::Put { table, row, value } => {
