@@ -103,16 +103,20 @@ async fn dispatch(
         _ => {}
     }
     let user = authenticate(ctx, &req)?;
+    // Each handler's future is boxed, so a parked poll's future is the size
+    // of the poll handler, not of the largest handler.
     match route {
-        Route::Send => messages::send(ctx, user, req).await,
-        Route::Poll => poll::poll(ctx, user, &req).await,
-        Route::Conversations => conversations::list(ctx, user, &req).await,
-        Route::History(id) => conversations::history(ctx, user, id, &req).await,
-        Route::CreateGroup => groups::create(ctx, user, req).await,
-        Route::Group(id) => groups::get(ctx, user, id).await,
-        Route::Members(id) if method == Method::GET => groups::members(ctx, user, id, &req).await,
-        Route::Members(id) => groups::change(ctx, user, id, req).await,
-        Route::Receipts => receipts::post(ctx, user, req).await,
+        Route::Send => Box::pin(messages::send(ctx, user, req)).await,
+        Route::Poll => Box::pin(poll::poll(ctx, user, &req)).await,
+        Route::Conversations => Box::pin(conversations::list(ctx, user, &req)).await,
+        Route::History(id) => Box::pin(conversations::history(ctx, user, id, &req)).await,
+        Route::CreateGroup => Box::pin(groups::create(ctx, user, req)).await,
+        Route::Group(id) => Box::pin(groups::get(ctx, user, id)).await,
+        Route::Members(id) if method == Method::GET => {
+            Box::pin(groups::members(ctx, user, id, &req)).await
+        }
+        Route::Members(id) => Box::pin(groups::change(ctx, user, id, req)).await,
+        Route::Receipts => Box::pin(receipts::post(ctx, user, req)).await,
         Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::UnknownRoute),
     }
 }
