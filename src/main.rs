@@ -16,6 +16,11 @@ use carrier::auth::Auth;
 use carrier::config::Config;
 use carrier::domain::UserId;
 use clap::{Args, Parser, Subcommand};
+
+/// jemalloc: the send path allocates a lot of small, short-lived buffers, and
+/// glibc's malloc took a fifth of the CPU there (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quick_cache::Weighter;
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 use crate::domain::{ConversationId, Seq, UserId};
 
@@ -77,28 +77,32 @@ impl MailboxCache {
         self.tails.get(user)
     }
 
-    /// Appends a just-committed event. Positions come from one clock in
-    /// commit order, so an absent tail can start at this event: nothing
-    /// lies between `position - 1` and it.
+    /// Appends a just-committed event, in place unless a reader holds the
+    /// tail right now. Positions come from one clock in commit order, so an
+    /// absent tail can start at this event: nothing lies between
+    /// `position - 1` and it.
     pub fn append(&self, user: UserId, event: StoredEvent) {
-        let tail = match self.tails.get(&user) {
-            Some(old) if event.position > old.head() => {
-                let mut tail = Tail::clone(&old);
+        let mut pending = Some(event);
+        let result = self.tails.entry(&user, None, |_, tail| {
+            if let Some(event) = pending.take()
+                && event.position > tail.head()
+            {
+                let tail = Arc::make_mut(tail);
                 if tail.events.len() == TAIL_EVENTS
                     && let Some(dropped) = tail.events.pop_front()
                 {
                     tail.known_from = dropped.position;
                 }
                 tail.events.push_back(event);
-                tail
             }
-            Some(_) => return,
-            None => Tail {
+            EntryAction::Retain(())
+        });
+        if let (EntryResult::Vacant(slot), Some(event)) = (result, pending) {
+            let _ = slot.insert(Arc::new(Tail {
                 known_from: event.position - 1,
                 events: VecDeque::from([event]),
-            },
-        };
-        self.tails.insert(user, Arc::new(tail));
+            }));
+        }
     }
 }
 
@@ -160,25 +164,25 @@ impl HistoryCache {
 
     /// Appends a just-committed message; a page that would get a gap is dropped.
     pub fn append(&self, conv: ConversationId, seq: Seq, json: Bytes) {
-        let page = match self.pages.get(&conv) {
-            Some(old) if old.last_seq() + 1 == seq => {
-                let mut page = Page::clone(&old);
+        let mut pending = Some(json);
+        let result = self.pages.entry(&conv, None, |_, page| {
+            if page.last_seq() + 1 != seq {
+                return EntryAction::Remove;
+            }
+            if let Some(json) = pending.take() {
+                let page = Arc::make_mut(page);
                 if page.messages.len() == PAGE_MESSAGES {
                     page.messages.pop_front();
                 }
                 page.messages.push_back((seq, json));
-                page
             }
-            Some(_) => {
-                self.pages.remove(&conv);
-                return;
-            }
-            None if seq == 1 => Page {
+            EntryAction::Retain(())
+        });
+        if let (EntryResult::Vacant(slot), Some(json), 1) = (result, pending, seq) {
+            let _ = slot.insert(Arc::new(Page {
                 messages: VecDeque::from([(seq, json)]),
-            },
-            None => return,
-        };
-        self.pages.insert(conv, Arc::new(page));
+            }));
+        }
     }
 }
 

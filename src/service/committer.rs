@@ -139,13 +139,13 @@ impl Writer {
         }
     }
 
-    async fn commit_batch(&mut self, requests: Vec<Request>) {
+    async fn commit_batch(&mut self, mut requests: Vec<Request>) {
         let mut writes = Vec::new();
         let mut positions: Vec<Vec<u64>> = Vec::with_capacity(requests.len());
         let mut outbox_rows = 0;
-        for request in &requests {
+        for request in &mut requests {
+            writes.append(&mut request.commit.writes);
             let c = &request.commit;
-            writes.extend(c.writes.iter().cloned());
             let mut mine = Vec::with_capacity(c.appends.len());
             for (user, event) in &c.appends {
                 let position = self.clock.tick();

@@ -36,8 +36,11 @@ impl Outbox {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         let mut counted = false;
+        // The last row applied: new entries always sort after it, and
+        // starting there skips the tombstones of applied ones.
+        let mut after: Option<Vec<u8>> = None;
         while !shutdown.is_cancelled() {
-            match self.apply_some(&mut counted).await {
+            match self.apply_some(&mut counted, &mut after).await {
                 Ok(0) => {
                     tokio::select! {
                         _ = self.kick.notified() => {}
@@ -59,7 +62,11 @@ impl Outbox {
     }
 
     /// Applies the oldest entries; returns how many.
-    async fn apply_some(&self, counted: &mut bool) -> Result<usize, StoreError> {
+    async fn apply_some(
+        &self,
+        counted: &mut bool,
+        after: &mut Option<Vec<u8>>,
+    ) -> Result<usize, StoreError> {
         if !*counted {
             // Entries a previous run left behind count toward the depth.
             let left = self
@@ -69,10 +76,11 @@ impl Outbox {
             self.metrics.outbox_depth.set(left.len() as i64);
             *counted = true;
         }
-        let rows = self
-            .store
-            .scan(Scan::prefix(Table::Outbox, &self.node_key, BATCH))
-            .await?;
+        let mut scan = Scan::prefix(Table::Outbox, &self.node_key, BATCH);
+        if let Some(last) = after {
+            scan.start = std::ops::Bound::Excluded(last.clone());
+        }
+        let rows = self.store.scan(scan).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -97,6 +105,7 @@ impl Outbox {
         }
         self.committer.commit(commit).await?;
         self.metrics.outbox_depth.sub(rows.len() as i64);
+        *after = rows.last().map(|(row, _)| row.clone());
         Ok(rows.len())
     }
 }
