@@ -132,3 +132,49 @@ async fn a_note_to_self_arrives_once() {
     let (events, _) = node.drain(&alice, &cursor).await;
     assert_eq!(events.len(), 1, "{events:?}");
 }
+
+#[tokio::test]
+async fn the_documented_routes_are_the_routes_served() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let mut routes: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() > 3 && (cells[1] == "GET" || cells[1] == "POST") && cells[2].starts_with('/')
+        {
+            routes
+                .entry(cells[2].to_owned())
+                .or_default()
+                .push(cells[1].to_owned());
+        }
+    }
+    assert!(
+        routes.len() >= 11,
+        "the route table was not found: {routes:?}"
+    );
+    let node = Node::start().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    for (path, methods) in &routes {
+        let path = path
+            .replace("{conversation_id}", &id)
+            .replace("{group_id}", &id);
+        for method in methods {
+            let r = node
+                .request(method.parse().unwrap(), &path, None, None)
+                .await;
+            assert!(
+                r.status != StatusCode::NOT_FOUND && r.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented but answered {}",
+                r.status
+            );
+        }
+        let r = node.request(hyper::Method::PUT, &path, None, None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "PUT {path}");
+        assert_eq!(
+            r.headers["allow"],
+            methods.join(", ").as_str(),
+            "Allow of {path}"
+        );
+    }
+    let r = node.get("/v1/nothing-here", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
