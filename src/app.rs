@@ -64,6 +64,7 @@ pub async fn serve(
     let ctx = Arc::new(Ctx {
         service: node.service.clone(),
         auth: Auth::new(&secret),
+        metrics_token: config.auth.metrics_token.clone(),
         limits: HttpLimits {
             max_body: config.limits.max_body_bytes,
             default_poll: config.poll.default_timeout,

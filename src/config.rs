@@ -63,6 +63,8 @@ pub struct AuthConfig {
     /// A file holding the key (one trailing newline ignored), relative to the
     /// working directory; mutually exclusive with `secret`.
     pub secret_file: Option<PathBuf>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 /// Written by hand so that logging a [`Config`] never prints the secret.
@@ -71,6 +73,10 @@ impl fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("secret_file", &self.secret_file)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub service: Service,
     pub auth: Auth,
     pub limits: HttpLimits,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Clone, Debug)]

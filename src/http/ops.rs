@@ -5,7 +5,13 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::Ctx;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+
+use super::error::ApiError;
 use super::response::{Response, json_value, text};
+use crate::auth::AuthError;
 
 pub(super) fn healthz() -> Response {
     json_value(StatusCode::OK, &json!({"status": "ok"}))
@@ -22,10 +28,27 @@ pub(super) async fn readyz(ctx: &Ctx) -> Response {
     }
 }
 
-pub(super) fn metrics(ctx: &Ctx) -> Response {
-    text(
+pub(super) fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response, ApiError> {
+    if let Some(expected) = &ctx.metrics_token {
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        // Constant time, like bearer tokens.
+        let matches = given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !matches {
+            return Err(ApiError::Unauthorized(AuthError::Missing));
+        }
+    }
+    Ok(text(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
         Bytes::from(ctx.service.metrics().render()),
-    )
+    ))
 }

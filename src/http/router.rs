@@ -99,7 +99,7 @@ async fn dispatch(
     match route {
         Route::Healthz => return Ok(ops::healthz()),
         Route::Readyz => return Ok(ops::readyz(ctx).await),
-        Route::Metrics => return Ok(ops::metrics(ctx)),
+        Route::Metrics => return ops::metrics(ctx, &req),
         _ => {}
     }
     let user = authenticate(ctx, &req)?;

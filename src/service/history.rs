@@ -127,10 +127,10 @@ fn upper_seq(head: Seq, window: Window) -> Seq {
 /// no gaps, so the page's last seq is the conversation's head.
 fn serve_from(page: &Page, limit: usize, window: Window) -> Option<Vec<Bytes>> {
     let upper = upper_seq(page.last_seq(), window);
-    let lower = upper.saturating_sub(limit as u64 - 1).max(1);
     if upper == 0 || limit == 0 {
         return Some(Vec::new());
     }
+    let lower = upper.saturating_sub(limit as u64 - 1).max(1);
     if lower < page.first_seq() {
         return None;
     }

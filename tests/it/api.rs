@@ -178,3 +178,30 @@ async fn the_documented_routes_are_the_routes_served() {
     let r = node.get("/v1/nothing-here", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn metrics_are_open_by_default_and_guarded_by_a_token_when_configured() {
+    let node = Node::start().await;
+    let (alice, bob) = (node.user(), node.user());
+    node.send(&alice, &bob, json!("counted")).await;
+    let r = node.get("/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body.as_str().unwrap();
+    assert!(text.contains("carrier_messages_accepted_total 1"), "{text}");
+    assert!(text.contains("carrier_http_requests_total{route=\"send\",status=\"201\"} 1"));
+    node.stop().await;
+
+    let node = Node::start_with(|c| c.auth.metrics_token = Some("scrape-me".into())).await;
+    assert_eq!(
+        node.get("/metrics", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        node.get("/metrics", Some("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        node.get("/metrics", Some("scrape-me")).await.status,
+        StatusCode::OK
+    );
+}
