@@ -62,6 +62,10 @@ enum Scenario {
         /// The server's process id, for /proc/PID/status.
         #[arg(long)]
         pid: u32,
+        /// Seconds to wait before sampling, so the allocator has returned
+        /// the garbage of opening the polls.
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
     },
 }
 
@@ -147,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => latency(args.addr, auth, pairs, rate, seconds).await,
-        Scenario::Idle { polls, pid } => idle(args.addr, auth, polls, pid).await,
+        Scenario::Idle { polls, pid, settle } => idle(args.addr, auth, polls, pid, settle).await,
     }
 }
 
@@ -322,7 +326,13 @@ impl<T> SharedRx<T> {
     }
 }
 
-async fn idle(addr: SocketAddr, auth: Arc<Auth>, polls: usize, pid: u32) -> anyhow::Result<()> {
+async fn idle(
+    addr: SocketAddr,
+    auth: Arc<Auth>,
+    polls: usize,
+    pid: u32,
+    settle: u64,
+) -> anyhow::Result<()> {
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(polls);
     let started = Instant::now();
@@ -344,7 +354,7 @@ async fn idle(addr: SocketAddr, auth: Arc<Auth>, polls: usize, pid: u32) -> anyh
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = rss_kib(pid)?;
     println!(
         "idle: {polls} parked polls opened in {:.1} s; server RSS {before} KiB -> {after} KiB: {:.2} KiB per parked poll",

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 
 use super::Ctx;
 use super::error::ApiError;
@@ -19,9 +18,9 @@ const MAX_LIMIT: usize = 1000;
 pub(super) async fn poll(
     ctx: &Ctx,
     user: UserId,
-    req: &Request<Incoming>,
+    query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(query);
     let cursor = match query.get("cursor") {
         None => None,
         Some(text) => Some(text.parse::<Cursor>().map_err(|_| {

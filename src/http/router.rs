@@ -107,7 +107,12 @@ async fn dispatch(
     // of the poll handler, not of the largest handler.
     match route {
         Route::Send => Box::pin(messages::send(ctx, user, req)).await,
-        Route::Poll => Box::pin(poll::poll(ctx, user, &req)).await,
+        Route::Poll => {
+            // A parked poll should not keep the request's headers alive.
+            let query = req.uri().query().map(str::to_owned);
+            drop(req);
+            Box::pin(poll::poll(ctx, user, query.as_deref())).await
+        }
         Route::Conversations => Box::pin(conversations::list(ctx, user, &req)).await,
         Route::History(id) => Box::pin(conversations::history(ctx, user, id, &req)).await,
         Route::CreateGroup => Box::pin(groups::create(ctx, user, req)).await,
