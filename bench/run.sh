@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/benchmarks.md on this machine:
+#   bench/run.sh            (needs wrk: apt-get install wrk)
+# Starts a release node on a fresh embedded store in a temp folder on
+# 127.0.0.1:18080, runs each measurement, prints the figures, stops the node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin carrier --example bench
+
+dir=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+secret="benchmark-secret-benchmark-secret-0123"
+cat > "$dir/carrier.toml" <<TOML
+[server]
+listen = "127.0.0.1:18080"
+[auth]
+secret = "$secret"
+[storage]
+path = "$dir/data"
+TOML
+start() {
+  rm -rf "$dir/data"
+  RUST_LOG=warn ./target/release/carrier serve --config "$dir/carrier.toml" > "$dir/node.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -sf 127.0.0.1:18080/readyz > /dev/null && return; sleep 0.1; done
+  echo "node did not start" >&2; exit 1
+}
+stop() { kill "$pid"; wait "$pid" || true; }
+bench=./target/release/examples/bench
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
+start
+echo "== trivial response: wrk -t2 -c128 -d10s /healthz"
+wrk -t2 -c128 -d10s http://127.0.0.1:18080/healthz | grep -E "Requests/sec|Latency"
+echo "== durable sends: wrk -t2 -c256 -d10s -s bench/send.lua"
+TOKEN=$(./target/release/carrier token --user 11111111-2222-4333-8444-555555555555 --config "$dir/carrier.toml") \
+  wrk -t2 -c256 -d10s -s bench/send.lua http://127.0.0.1:18080 | grep -E "Requests/sec|Latency|Non-2xx"
+curl -s 127.0.0.1:18080/metrics | grep -E "^carrier_commit_batch_size_(sum|count)"
+stop
+
+start
+echo "== send-to-delivery latency: bench latency --pairs 500 --rate 5000 --seconds 10"
+$bench --addr 127.0.0.1:18080 --secret "$secret" latency --pairs 500 --rate 5000 --seconds 10
+stop
+
+start
+echo "== resident memory per parked poll: bench idle --polls 10000"
+$bench --addr 127.0.0.1:18080 --secret "$secret" idle --polls 10000 --pid "$pid"
+stop
