@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin carrier --example bench
 
 dir=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; cp "$dir/node.log" /tmp/last-node.log 2>/dev/null; rm -rf "$dir"' EXIT
 secret="benchmark-secret-benchmark-secret-0123"
 cat > "$dir/carrier.toml" <<TOML
 [server]
@@ -25,7 +25,7 @@ start() {
   for _ in $(seq 100); do curl -sf 127.0.0.1:18080/readyz > /dev/null && return; sleep 0.1; done
   echo "node did not start" >&2; exit 1
 }
-stop() { kill "$pid"; wait "$pid" || true; }
+stop() { kill "$pid"; wait "$pid" || echo "node exited with $?"; }
 bench=./target/release/examples/bench
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
