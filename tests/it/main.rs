@@ -6,3 +6,8 @@
 mod harness;
 
 mod api;
+mod durability;
+mod errors;
+mod fuzz;
+mod groups;
+mod properties;
