@@ -201,7 +201,8 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on
 /// a terminal, so redirected logs stay plain text.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
