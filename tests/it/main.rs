@@ -6,8 +6,4 @@
 mod harness;
 
 mod api;
-mod durability;
-mod errors;
-mod fuzz;
-mod groups;
-mod properties;
+mod guarantees;
