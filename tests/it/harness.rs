@@ -20,75 +20,23 @@ use uuid::Uuid;
 
 pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 
-/// A node running in this process on `127.0.0.1:0`, with its own data folder.
-pub struct Node {
+/// A client of one node's API, wherever the node runs.
+pub struct Api {
     pub addr: SocketAddr,
     pub auth: Auth,
     client: Client<HttpConnector, Full<Bytes>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), carrier::app::AppError>>>,
-    pub dir: TempDir,
 }
 
-/// A response, its body parsed as JSON when it is JSON.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The error code of an error reply.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-}
-
-pub fn test_config(data: &Path) -> Config {
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.shutdown_grace = Duration::from_secs(5);
-    config.auth.secret = Some(SECRET.to_owned());
-    config.storage.path = data.to_path_buf();
-    config
-}
-
-impl Node {
-    pub async fn start() -> Node {
-        Node::start_with(|_| {}).await
-    }
-
-    /// Starts a node with a test configuration adjusted by `tweak`.
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path());
-        tweak(&mut config);
-        Node::start_in(dir, config).await
-    }
-
-    pub async fn start_in(dir: TempDir, config: Config) -> Node {
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(carrier::app::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let node = Node {
+impl Api {
+    pub fn new(addr: SocketAddr) -> Api {
+        Api {
             addr,
             auth: Auth::new(SECRET.as_bytes()),
             client: Client::builder(TokioExecutor::new()).build_http(),
-            stop: Some(stop),
-            task: Some(task),
-            dir,
-        };
-        node.wait_ready().await;
-        node
+        }
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         for _ in 0..200 {
             if let Ok(r) =
                 tokio::time::timeout(Duration::from_secs(1), self.get("/readyz", None)).await
@@ -99,21 +47,6 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("node at {} never became ready", self.addr);
-    }
-
-    /// Stops the node gracefully and returns its data folder.
-    pub async fn stop(mut self) -> TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("the node stops within 30 s")
-                .unwrap()
-                .expect("the node stops cleanly");
-        }
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn token(&self, user: UserId) -> String {
@@ -182,13 +115,100 @@ impl Node {
     }
 }
 
+impl std::ops::Deref for Node {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A node running in this process on `127.0.0.1:0`, with its own data folder.
+pub struct Node {
+    pub api: Api,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), carrier::app::AppError>>>,
+    pub dir: TempDir,
+}
+
+/// A response, its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error reply.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub fn test_config(data: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.shutdown_grace = Duration::from_secs(5);
+    config.auth.secret = Some(SECRET.to_owned());
+    config.storage.path = data.to_path_buf();
+    config
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        Node::start_with(|_| {}).await
+    }
+
+    /// Starts a node with a test configuration adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        Node::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: TempDir, config: Config) -> Node {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(carrier::app::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let node = Node {
+            api: Api::new(addr),
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    /// Stops the node gracefully and returns its data folder.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the node stops within 30 s")
+                .unwrap()
+                .expect("the node stops cleanly");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
 /// A user with its token.
 pub struct User {
     pub id: UserId,
     pub token: String,
 }
 
-impl Node {
+impl Api {
     pub fn user(&self) -> User {
         let id = UserId(Uuid::new_v4());
         User {
