@@ -7,4 +7,5 @@ mod harness;
 
 mod api;
 mod crash;
+mod errors;
 mod guarantees;
