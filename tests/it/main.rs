@@ -8,4 +8,5 @@ mod harness;
 mod api;
 mod crash;
 mod errors;
+mod fuzz;
 mod guarantees;
