@@ -9,4 +9,5 @@ mod api;
 mod crash;
 mod errors;
 mod fuzz;
+mod groups;
 mod guarantees;
