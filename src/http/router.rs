@@ -74,6 +74,13 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
     }
     .unwrap_or_else(ApiError::into_response);
 
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        route = name,
+        status = response.status().as_u16(),
+        elapsed_us = elapsed.as_micros() as u64,
+        "request"
+    );
     let metrics = ctx.service.metrics();
     metrics
         .requests
@@ -82,7 +89,7 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
     metrics
         .request_seconds
         .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
     response
 }
 
