@@ -114,8 +114,6 @@ struct Inner {
 /// The knobs the service reads per request, taken from the configuration once.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub default_poll: Duration,
-    pub max_poll: Duration,
     pub prev_wait: Duration,
     pub max_group_members: usize,
 }
@@ -123,8 +121,6 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
-            default_poll: config.poll.default_timeout,
-            max_poll: config.poll.max_timeout,
             prev_wait: config.send.prev_wait,
             max_group_members: config.limits.max_group_members,
         }
