@@ -6,9 +6,8 @@ use serde_json::json;
 
 use super::Ctx;
 use super::error::ApiError;
-use super::messages::json_array;
 use super::request::Query;
-use super::response::{Response, json_response, json_value};
+use super::response::{Response, json_array, json_response, json_value};
 use crate::domain::{ConversationId, UserId};
 use crate::service::history::Window;
 

@@ -1,6 +1,6 @@
 //! `POST /v1/messages`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
@@ -45,19 +45,4 @@ pub(super) async fn send(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-/// Joins JSON texts into one JSON array.
-pub(super) fn json_array(items: &[Bytes]) -> BytesMut {
-    let len = items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
-    let mut out = BytesMut::with_capacity(len);
-    out.extend_from_slice(b"[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b",");
-        }
-        out.extend_from_slice(item);
-    }
-    out.extend_from_slice(b"]");
-    out
 }

@@ -6,9 +6,8 @@ use hyper::StatusCode;
 
 use super::Ctx;
 use super::error::ApiError;
-use super::messages::json_array;
 use super::request::Query;
-use super::response::{Response, json_response};
+use super::response::{Response, json_array, json_response};
 use crate::domain::{Cursor, UserId};
 use crate::service::poll::PollRequest;
 

@@ -1,7 +1,7 @@
 //! Response building: complete bodies with `Content-Length`, never cached,
 //! never buffered by a proxy that honours `X-Accel-Buffering`.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::StatusCode;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -38,4 +38,19 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: Bytes) 
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Joins JSON texts into one JSON array.
+pub(crate) fn json_array(items: &[Bytes]) -> BytesMut {
+    let len = items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
+    let mut out = BytesMut::with_capacity(len);
+    out.extend_from_slice(b"[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]");
+    out
 }
