@@ -14,7 +14,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 start_timeout=${CARRIER_HBASE_START_TIMEOUT:-180}
-stop_timeout=${CARRIER_HBASE_STOP_TIMEOUT:-20}
+stop_timeout=${CARRIER_HBASE_STOP_TIMEOUT:-10}
 master_heap=${CARRIER_HBASE_MASTER_HEAP:-1g}
 thrift_heap=${CARRIER_HBASE_THRIFT_HEAP:-384m}
 
