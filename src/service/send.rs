@@ -215,7 +215,12 @@ impl Service {
             commit.writes.extend(meta.rows(conv, now_ms())?);
         }
 
-        self.inner.committer.commit(commit).await?;
+        if let Err(e) = self.inner.committer.commit(commit).await {
+            // The message may still land (a failed write is rolled forward
+            // before the store serves anything else): learn the head again.
+            head.loaded = false;
+            return Err(e.into());
+        }
         head.seq = message.seq;
         head.last = Some(message.message_id);
         drop(head);

@@ -7,6 +7,7 @@
 //! never let the service lean on something HBase lacks.
 
 pub mod embedded;
+pub mod hbase;
 pub mod keys;
 
 #[cfg(test)]
@@ -178,4 +179,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store can serve; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The engine's own Prometheus series, registered by the node.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        Vec::new()
+    }
 }
