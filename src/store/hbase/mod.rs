@@ -241,7 +241,7 @@ fn scan_rows(
     let mut rows = Vec::with_capacity(limit.min(SCAN_PAGE));
     let result = (|| -> thrift::Result<()> {
         loop {
-            let asked = (want - rows.len().min(want)).min(SCAN_PAGE).max(1);
+            let asked = (want - rows.len().min(want)).clamp(1, SCAN_PAGE);
             let got = c.scanner_get_list(id, asked as i32)?;
             let ended = got.len() < asked;
             for r in got {
