@@ -235,7 +235,13 @@ fn scan_rows(
         columns: Some(vec![FAMILY.as_bytes().to_vec()]),
         caching: Some(page as i32),
         reversed: Some(range.reverse),
-        ..TScan::default()
+        // Every field is spelled out: the generated `Default` sets each to
+        // `Some(empty)`, which HBase reads as filters and limits.
+        timestamp: None,
+        filter_string: None,
+        batch_size: None,
+        sort_columns: None,
+        cache_blocks: None,
     };
     let id = c.scanner_open_with_scan(table.to_vec(), scan, BTreeMap::new())?;
     let mut rows = Vec::with_capacity(limit.min(SCAN_PAGE));
