@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates src/store/hbase/wire.rs from thrift/hbase1.thrift with Debian's
-# thrift-compiler (apt-get install thrift-compiler). `--check` regenerates
+# thrift-compiler (apt-get install thrift-compiler), formatted by rustfmt. `--check` regenerates
 # into a temporary folder and fails if the committed file differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ thrift --gen rs -out "$tmp" thrift/hbase1.thrift
     echo "#![allow(clippy::all, clippy::pedantic, unused_imports, unused_extern_crates, unreachable_pub, dead_code, non_camel_case_types, non_snake_case, missing_docs)]"
     grep -v '^#!\[' "$tmp/hbase1.rs"
 } > "$tmp/wire.rs"
+# Formatted like the rest of the crate, so `cargo fmt` leaves it alone.
+rustfmt --edition 2024 "$tmp/wire.rs"
 if [ "${1:-}" = "--check" ]; then
     if ! diff -q "$tmp/wire.rs" "$out" >/dev/null; then
         echo "$out is not what thrift/generate.sh makes from thrift/hbase1.thrift; run thrift/generate.sh" >&2

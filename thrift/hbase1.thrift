@@ -7,9 +7,9 @@
 // generated from this file by thrift/generate.sh into
 // src/store/hbase/wire.rs, which is committed and checked by CI.
 //
-// One deliberate difference: `checkAndPut`'s expected value (field 5) is
-// optional. The server treats an absent value as "the cell must not
-// exist", which is how Carrier inserts a row only if it is absent.
+// `checkAndPut` with an empty expected value (field 5) matches a cell
+// that does not exist (or is empty): that is how Carrier inserts a row
+// only if it is absent.
 
 namespace rs carrier_hbase
 
@@ -108,7 +108,7 @@ service Hbase {
   void scannerClose(1: ScannerID id)
     throws (1: IOError io, 2: IllegalArgument ia)
 
-  bool checkAndPut(1: Text tableName, 2: Text row, 3: Text column, 5: optional Text value,
+  bool checkAndPut(1: Text tableName, 2: Text row, 3: Text column, 5: Text value,
                    6: Mutation mput, 7: map<Text, Text> attributes)
     throws (1: IOError io, 2: IllegalArgument ia)
 }
