@@ -17,6 +17,7 @@ start_timeout=${CARRIER_HBASE_START_TIMEOUT:-180}
 stop_timeout=${CARRIER_HBASE_STOP_TIMEOUT:-10}
 master_heap=${CARRIER_HBASE_MASTER_HEAP:-1g}
 thrift_heap=${CARRIER_HBASE_THRIFT_HEAP:-384m}
+java=${CARRIER_HBASE_JAVA:-java}
 
 say() { echo "start.sh: $*" >&2; }
 
@@ -129,7 +130,7 @@ lib=$(cat "$run/lib.path")
 home=$(dirname "$lib")
 cp_probe="$home/build/classes:$lib/*"
 
-run_helper java -Xmx32m -cp "$cp_probe" carrier.hbase.Probe ports 2 > "$run/ports" || true
+run_helper "$java" -Xmx32m -cp "$cp_probe" carrier.hbase.Probe ports 2 > "$run/ports" || true
 mapfile -t ports < "$run/ports"
 if [ "${#ports[@]}" -ne 2 ]; then
   say "cannot pick free ports"
@@ -158,14 +159,14 @@ jvm_opts=(
 export HADOOP_USER_NAME=${HADOOP_USER_NAME:-$(id -un)}
 
 start_master() {
-  tie java "${jvm_opts[@]}" -Xms256m -Xmx"$master_heap" -Dhbase.log.file=master.log \
+  tie "$java" "${jvm_opts[@]}" -Xms256m -Xmx"$master_heap" -Dhbase.log.file=master.log \
     -cp "$conf:$lib/*" org.apache.hadoop.hbase.master.HMaster start \
     </dev/null >>"$logs/master.out" 2>&1 &
   master_pid=$!
 }
 
 start_thrift() {
-  tie java "${jvm_opts[@]}" -Xms64m -Xmx"$thrift_heap" -Dhbase.log.file=thrift.log \
+  tie "$java" "${jvm_opts[@]}" -Xms64m -Xmx"$thrift_heap" -Dhbase.log.file=thrift.log \
     -cp "$conf:$lib/*" org.apache.hadoop.hbase.thrift.ThriftServer \
     -threadpool -b 127.0.0.1 -p "$thrift_port" start \
     </dev/null >>"$logs/thrift.out" 2>&1 &
@@ -175,7 +176,7 @@ start_thrift() {
 # Waits (bounded) until the probe table answers through Thrift; fails at once
 # when the master, the Thrift server or our parent dies, or a stop was requested.
 await_ready() {
-  tie java -Xmx64m -Dhbase.log.dir="$logs" -Dhbase.log.file=probe.log -cp "$conf:$cp_probe" \
+  tie "$java" -Xmx64m -Dhbase.log.dir="$logs" -Dhbase.log.file=probe.log -cp "$conf:$cp_probe" \
     carrier.hbase.Probe ready 127.0.0.1 "$thrift_port" "$start_timeout" "$master_pid" "$thrift_pid" "$original_parent" \
     </dev/null >&2 &
   probe_pid=$!
