@@ -1,7 +1,6 @@
 //! The keys that face browsers and hostile clients: `[cors]`, `[demo]`, and
 //! the rules for the edge limits of `[limits]` and `[poll]`.
 
-
 use serde::Deserialize;
 
 use super::{Config, ConfigError};
@@ -86,7 +85,9 @@ impl Config {
             if !ok {
                 return invalid(
                     "cors.allowed_origins",
-                    format!("{origin:?} is not an origin like \"https://chat.example.com\" or \"*\""),
+                    format!(
+                        "{origin:?} is not an origin like \"https://chat.example.com\" or \"*\""
+                    ),
                 );
             }
         }

@@ -45,7 +45,10 @@ pub(super) fn preflight(
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
     h.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static(ALLOWED_HEADERS),

@@ -22,7 +22,11 @@ pub(super) fn file(enabled: bool, name: &str) -> Result<Response, ApiError> {
         "chat.js" => ("text/javascript; charset=utf-8", SCRIPT),
         _ => return Err(ApiError::UnknownRoute),
     };
-    let mut response = text(StatusCode::OK, content_type, Bytes::from_static(body.as_bytes()));
+    let mut response = text(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(body.as_bytes()),
+    );
     response.headers_mut().insert(
         "content-security-policy",
         HeaderValue::from_static(

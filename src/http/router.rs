@@ -75,9 +75,9 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
     let name = route.as_ref().map_or("unknown", |r| r.name_and_methods().0);
     let origin = cors::allowed_origin(ctx, req.headers());
     let query_len = req.uri().query().map_or(0, str::len);
-    let preflight = route.as_ref().and_then(|r| {
-        cors::preflight(ctx, req.method(), req.headers(), r.name_and_methods().1)
-    });
+    let preflight = route
+        .as_ref()
+        .and_then(|r| cors::preflight(ctx, req.method(), req.headers(), r.name_and_methods().1));
     let mut response = match (route, preflight) {
         (_, Some(preflight)) => Ok(preflight),
         (_, None) if query_len > ctx.limits.max_query_bytes => Err(ApiError::field(format!(

@@ -63,9 +63,8 @@ impl SendRate {
 
     /// Drops the buckets that have refilled: they hold nothing to remember.
     fn sweep(&self, rate: f64, now: Instant) {
-        self.buckets.retain(|_, b| {
-            b.tokens + rate * now.duration_since(b.at).as_secs_f64() < self.burst
-        });
+        self.buckets
+            .retain(|_, b| b.tokens + rate * now.duration_since(b.at).as_secs_f64() < self.burst);
     }
 
     /// Users with a bucket (for tests).
@@ -90,7 +89,10 @@ mod tests {
             assert!(limit.take(u).is_ok());
         }
         let wait = limit.take(u).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         // Another user has its own bucket.
         assert!(limit.take(user()).is_ok());
         tokio::time::advance(Duration::from_millis(500)).await;

@@ -6,8 +6,11 @@
 mod harness;
 
 mod api;
+mod cors;
 mod crash;
 mod errors;
 mod fuzz;
 mod groups;
 mod guarantees;
+mod holds;
+mod hostile;
