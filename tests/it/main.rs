@@ -14,3 +14,4 @@ mod groups;
 mod guarantees;
 mod holds;
 mod hostile;
+mod openapi;
