@@ -94,3 +94,63 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn invalid_key(text: &str) -> String {
+        match Config::from_toml(text, Path::new("t.toml")) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn edge_keys_are_read_and_checked() {
+        let config = Config::from_toml(
+            "[limits]\nsend_rate = 5\nheader_timeout = 3\n[poll]\njitter_percent = 0\n\
+             [cors]\nallowed_origins = [\"https://chat.example.com\"]\n[demo]\nenabled = true",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.limits.send_rate, 5);
+        assert_eq!(config.limits.header_timeout, Duration::from_secs(3));
+        assert!(config.cors.allows("https://chat.example.com"));
+        assert!(!config.cors.allows("https://evil.example.com"));
+        assert!(config.demo.enabled);
+        assert!(
+            !Config::default().demo.enabled,
+            "the demo is off by default"
+        );
+        assert!(Config::default().cors.allowed_origins.is_empty());
+
+        for (text, key) in [
+            (
+                "[limits]\nmax_header_bytes = 100",
+                "limits.max_header_bytes",
+            ),
+            ("[limits]\nmax_query_bytes = 0", "limits.max_query_bytes"),
+            ("[limits]\nheader_timeout = 0", "limits.header_timeout"),
+            ("[limits]\nbody_timeout = 0", "limits.body_timeout"),
+            (
+                "[limits]\nsend_rate = 1\nsend_burst = 0",
+                "limits.send_burst",
+            ),
+            ("[poll]\njitter_percent = 90", "poll.jitter_percent"),
+            (
+                "[cors]\nallowed_origins = [\"chat.example.com\"]",
+                "cors.allowed_origins",
+            ),
+            (
+                "[cors]\nallowed_origins = [\"https://a.example/\"]",
+                "cors.allowed_origins",
+            ),
+        ] {
+            assert_eq!(invalid_key(text), key, "{text}");
+        }
+    }
+}

@@ -22,7 +22,9 @@ fn openapi_routes() -> BTreeMap<String, Vec<String>> {
             .as_object()
             .unwrap()
             .keys()
-            .filter(|k| ["get", "post", "put", "delete", "patch", "options", "head"].contains(&k.as_str()))
+            .filter(|k| {
+                ["get", "post", "put", "delete", "patch", "options", "head"].contains(&k.as_str())
+            })
             .map(|k| k.to_uppercase())
             .collect();
         methods.sort();
@@ -52,7 +54,11 @@ fn api_md_routes() -> BTreeMap<String, Vec<String>> {
 #[tokio::test]
 async fn the_openapi_document_matches_the_server_and_the_route_table() {
     let routes = openapi_routes();
-    assert_eq!(routes, api_md_routes(), "docs/openapi.json and docs/api.md disagree");
+    assert_eq!(
+        routes,
+        api_md_routes(),
+        "docs/openapi.json and docs/api.md disagree"
+    );
     let node = Node::start().await;
     let id = uuid::Uuid::new_v4().to_string();
     for (path, methods) in &routes {
@@ -60,7 +66,9 @@ async fn the_openapi_document_matches_the_server_and_the_route_table() {
             .replace("{conversation_id}", &id)
             .replace("{group_id}", &id);
         for method in methods {
-            let r = node.request(method.parse().unwrap(), &path, None, None).await;
+            let r = node
+                .request(method.parse().unwrap(), &path, None, None)
+                .await;
             assert!(
                 r.status != StatusCode::NOT_FOUND && r.status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path} is in openapi.json but answered {}",
@@ -70,7 +78,11 @@ async fn the_openapi_document_matches_the_server_and_the_route_table() {
         for other in [Method::PUT, Method::DELETE, Method::PATCH] {
             let r = node.request(other.clone(), &path, None, None).await;
             assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{other} {path}");
-            assert_eq!(r.headers["allow"], methods.join(", ").as_str(), "Allow of {path}");
+            assert_eq!(
+                r.headers["allow"],
+                methods.join(", ").as_str(),
+                "Allow of {path}"
+            );
         }
     }
 }
