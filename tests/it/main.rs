@@ -15,3 +15,4 @@ mod guarantees;
 mod holds;
 mod hostile;
 mod openapi;
+mod outage;
