@@ -18,6 +18,7 @@
 //! check-and-put).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -27,12 +28,20 @@ use crate::store::{Mutation, Scan, StoreError, Table};
 /// The log's table name, after the deployment prefix.
 pub(super) const TABLE: &str = "intents_by_node_seq";
 
+/// After a failed attempt to finish a batch, calls fail at once for this
+/// long instead of each trying (and timing out) in turn.
+const RETRY_GAP: Duration = Duration::from_millis(250);
+
 pub(super) struct Intents {
     table: Vec<u8>,
     node_key: [u8; 8],
     state: Mutex<State>,
-    /// Set while a batch is pending, so reads skip the lock otherwise.
+    /// Set while a failed batch is pending, so calls skip the lock otherwise.
     unsettled: AtomicBool,
+    /// When finishing the pending batch last failed.
+    failed_at: std::sync::Mutex<Option<Instant>>,
+    /// How long a caller waits for another to finish the pending batch.
+    wait: Duration,
 }
 
 #[derive(Default)]
@@ -45,12 +54,14 @@ struct State {
 }
 
 impl Intents {
-    pub(super) fn new(table: Vec<u8>, node_key: [u8; 8]) -> Intents {
+    pub(super) fn new(table: Vec<u8>, node_key: [u8; 8], wait: Duration) -> Intents {
         Intents {
             table,
             node_key,
             state: Mutex::new(State::default()),
             unsettled: AtomicBool::new(false),
+            failed_at: std::sync::Mutex::new(None),
+            wait,
         }
     }
 
@@ -104,6 +115,20 @@ impl Intents {
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         self.finish(store, &mut state).await?;
+        let result = self.write_new(store, &mut state, batch).await;
+        if result.is_err() {
+            // Whatever part of it landed, the rest lands before anything else.
+            self.unsettled.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn write_new(
+        &self,
+        store: &HbaseStore,
+        state: &mut State,
+        batch: Vec<Mutation>,
+    ) -> Result<(), StoreError> {
         let id = state.next_id;
         state.next_id += 1;
         let intent = BatchMutation {
@@ -117,7 +142,6 @@ impl Intents {
         }));
         // From here on the outcome may be unknown.
         state.pending = Some((id, batch));
-        self.unsettled.store(true, Ordering::Release);
         let name = self.table.clone();
         store
             .call("mutateRows", true, move |c| {
@@ -125,15 +149,26 @@ impl Intents {
             })
             .await?;
         state.finished.clear();
-        self.finish(store, &mut state).await
+        self.finish(store, state).await
     }
 
-    /// Applies the pending batch, if any, before anything else happens.
+    /// Applies a batch that failed, if one is pending, before anything
+    /// else happens. While HBase stays unreachable this fails fast instead
+    /// of queueing every caller behind the one trying.
     pub(super) async fn settle(&self, store: &HbaseStore) -> Result<(), StoreError> {
         if !self.unsettled.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut state = self.state.lock().await;
+        let unreachable = || {
+            StoreError::Unavailable("HBase unreachable: an earlier write is not finished".into())
+        };
+        let failed_at = *self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_GAP) {
+            return Err(unreachable());
+        }
+        let mut state = tokio::time::timeout(self.wait, self.state.lock())
+            .await
+            .map_err(|_| unreachable())?;
         self.finish(store, &mut state).await
     }
 
@@ -141,7 +176,10 @@ impl Intents {
         let Some((id, batch)) = &state.pending else {
             return Ok(());
         };
-        store.apply(batch).await?;
+        if let Err(e) = store.apply(batch).await {
+            *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            return Err(e);
+        }
         state.finished.push(*id);
         state.pending = None;
         self.unsettled.store(false, Ordering::Release);

@@ -63,7 +63,7 @@ impl HbaseStore {
     pub async fn open(config: &HbaseConfig, node_key: [u8; 8]) -> Result<HbaseStore, StoreError> {
         let seconds = HistogramVec::new(
             HistogramOpts::new(
-                "carrier_hbase_call_seconds",
+                "hbase_call_seconds",
                 "HBase Thrift calls by method, from asking for a connection to the answer",
             )
             .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
@@ -84,7 +84,7 @@ impl HbaseStore {
         let names = Table::ALL.iter().map(|t| name(t.name())).collect();
         let store = HbaseStore {
             inner: Arc::new(Inner {
-                intents: Intents::new(name(intents::TABLE), node_key),
+                intents: Intents::new(name(intents::TABLE), node_key, config.call_timeout),
                 pool,
                 names,
             }),
@@ -123,7 +123,8 @@ impl HbaseStore {
             match created {
                 Ok(()) => {}
                 // Another node created it first.
-                Err(StoreError::Unavailable(e)) if e.contains("already exists") => {}
+                Err(StoreError::Unavailable(e))
+                    if e.contains("already exists") || e.contains("TableExistsException") => {}
                 Err(e) => return Err(e),
             }
         }

@@ -138,3 +138,41 @@ async fn intent_rows(store: &HbaseStore) -> Vec<Vec<u8>> {
         .expect("scan intents");
     rows.into_iter().map(|(row, _)| row).collect()
 }
+
+/// Nodes starting at once on an empty HBase both create the tables (one
+/// wins each race, the other finds it) and both can serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a real HBase: tests/hbase/run-tests.sh"]
+async fn nodes_opening_at_once_share_the_tables() {
+    let prefix = format!("carrier_open_{}_", uuid::Uuid::new_v4().simple());
+    let config = config(&prefix);
+    let (a, b) = tokio::join!(
+        HbaseStore::open(&config, *b"node-aaa"),
+        HbaseStore::open(&config, *b"node-bbb"),
+    );
+    let (a, b) = (a.expect("first node opens"), b.expect("second node opens"));
+    a.write(vec![Mutation::Put {
+        table: Table::Groups,
+        row: b"g".to_vec(),
+        value: Bytes::from_static(b"from a"),
+    }])
+    .await
+    .expect("write through a");
+    assert_eq!(
+        b.get(Table::Groups, b"g").await.expect("read through b"),
+        Some(Bytes::from_static(b"from a"))
+    );
+    let names = a
+        .call("getTableNames", true, |c| c.get_table_names())
+        .await
+        .expect("list tables");
+    let ours = names
+        .iter()
+        .filter(|n| n.starts_with(prefix.as_bytes()))
+        .count();
+    assert_eq!(
+        ours,
+        Table::ALL.len() + 1,
+        "every table once, the write log too"
+    );
+}
