@@ -2,12 +2,12 @@
 //! `Access-Control-Request-Method`) is the only use of `OPTIONS`; the API
 //! itself stays `GET` and `POST`.
 
+use hyper::Method;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD,
     HeaderMap, HeaderValue, ORIGIN, VARY,
 };
-use hyper::{Method, StatusCode};
 
 use super::Ctx;
 use super::response::{Response, no_content};
@@ -42,7 +42,6 @@ pub(super) fn preflight(
         return None;
     }
     let mut response = no_content();
-    *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(
