@@ -126,11 +126,11 @@ async fn a_storage_outage_answers_503_and_recovers_without_a_restart() {
         !refused.is_empty(),
         "sends need HBase, so the outage refuses some"
     );
-    let history = history(&node, &alice, &bob).await;
+    let refused_read = history(&node, &alice, &bob).await;
     assert_eq!(
-        history.status,
+        refused_read.status,
         StatusCode::SERVICE_UNAVAILABLE,
-        "{history:?}"
+        "{refused_read:?}"
     );
     let ready = node.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
