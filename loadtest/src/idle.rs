@@ -122,7 +122,7 @@ pub fn per_poll(before: u64, after: u64, parked: u64) -> f64 {
     if parked == 0 {
         return 0.0;
     }
-    after.saturating_sub(before) as f64 / parked as f64
+    (after as f64 - before as f64) / parked as f64
 }
 
 /// Waits until `n` polls are on the wire (or `timeout`).

@@ -71,6 +71,9 @@ pub struct Counts {
     pub early_receipts: u64,
     /// History pages that disagree with what was delivered live.
     pub history_mismatches: u64,
+    /// Conversations whose history could not be read (errors, not a
+    /// verdict: nothing was compared).
+    pub history_unread: u64,
     /// Sends that got no ack (errors); not expected to be delivered.
     pub unacked: u64,
 }
@@ -101,6 +104,7 @@ impl Counts {
         self.corrupted += o.corrupted;
         self.early_receipts += o.early_receipts;
         self.history_mismatches += o.history_mismatches;
+        self.history_unread += o.history_unread;
         self.unacked += o.unacked;
     }
 }
@@ -180,9 +184,9 @@ impl Oracle {
         self.counts.corrupted += 1;
     }
 
-    /// History could not be read or disagreed with live delivery `n` times.
-    pub fn history_mismatch(&mut self, n: u64) {
-        self.counts.history_mismatches += n;
+    /// A conversation's history could not be read.
+    pub fn history_unread(&mut self) {
+        self.counts.history_unread += 1;
     }
 
     /// A poll returned a message event that could not be read.

@@ -231,7 +231,7 @@ impl RunResult {
         row(
             "oracle",
             format!(
-                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked), unacked {}",
+                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked, {} unreadable), unacked {}",
                 v.lost_messages,
                 v.lost_deliveries,
                 v.reordered,
@@ -246,6 +246,7 @@ impl RunResult {
                 v.early_receipts,
                 v.history_mismatches,
                 self.history_checked,
+                v.history_unread,
                 v.unacked
             ),
         );
@@ -269,4 +270,45 @@ fn pct(p: &Percentiles) -> String {
         "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} (n = {})",
         p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(acked: u64, latency_us: u64, lost: u64) -> RunResult {
+        let mut h = histogram();
+        h.record_n(latency_us, acked).unwrap();
+        let mut r = RunResult {
+            acked,
+            delivered: acked,
+            send_seconds: 10.0,
+            samples: vec![Sample {
+                t: 1.0,
+                acked_per_s: acked as f64 / 10.0,
+                parked: 5,
+                ..Sample::default()
+            }],
+            delivery_histogram: Recorded::of(&h),
+            ..RunResult::default()
+        };
+        r.verdict.lost_messages = lost;
+        r
+    }
+
+    #[test]
+    fn merging_workers_adds_counts_and_merges_histograms() {
+        let merged = RunResult::merge(&[part(100, 1_000, 0), part(300, 9_000, 0)]);
+        assert_eq!(merged.workers, 2);
+        assert_eq!(merged.acked, 400);
+        assert_eq!(merged.achieved_rate, 40.0);
+        assert_eq!(merged.samples[0].parked, 10);
+        assert_eq!(merged.delivery.count, 400);
+        // A quarter of deliveries took ~1 ms, the rest ~9 ms.
+        assert!(merged.delivery.p50_ms > 8.0 && merged.delivery.p50_ms < 10.0);
+        assert!(merged.clean);
+        let lossy = RunResult::merge(&[part(100, 1_000, 0), part(100, 1_000, 2)]);
+        assert_eq!(lossy.verdict.lost_messages, 2);
+        assert!(!lossy.clean);
+    }
 }

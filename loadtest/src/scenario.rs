@@ -242,7 +242,7 @@ async fn check_history(engine: &Arc<Engine>, limit: usize) -> u64 {
         };
         if !complete {
             Counters::bump(&engine.counters.send_errors);
-            engine.books().oracle.history_mismatch(1);
+            engine.books().oracle.history_unread();
             continue;
         }
         engine.books().oracle.check_history(conv.id, &all);

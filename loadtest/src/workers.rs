@@ -123,16 +123,16 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         }
         let merged = merge_samples(&latest);
         progress.set(&crate::progress::line(merged.p99_ms, &merged));
-        if let (Some(a), None) = (&idle, sampled) {
-            if merged.parked as usize >= a.polls {
-                let since = *parked_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= Duration::from_secs(a.settle) {
-                    sampled = Some((rss_kib(&a.server_pids)?, merged.parked));
-                    tokio::time::sleep(Duration::from_secs(a.hold)).await;
-                    // Closing stdin tells every worker to stop holding.
-                    for c in &mut children {
-                        drop(c.stdin.take());
-                    }
+        if let (Some(a), None) = (&idle, sampled)
+            && merged.parked as usize >= a.polls
+        {
+            let since = *parked_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= Duration::from_secs(a.settle) {
+                sampled = Some((rss_kib(&a.server_pids)?, merged.parked));
+                tokio::time::sleep(Duration::from_secs(a.hold)).await;
+                // Closing stdin tells every worker to stop holding.
+                for c in &mut children {
+                    drop(c.stdin.take());
                 }
             }
         }
