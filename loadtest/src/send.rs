@@ -16,11 +16,13 @@ use crate::oracle::body_hash;
 use crate::stats::Counters;
 use crate::target::{Ack, Dest};
 
-/// Why a send failed (for counting only).
+/// Why a send failed.
 #[derive(Debug)]
 enum SendFailure {
+    /// No answer (connect error, timeout, closed connection).
     Request,
-    Rejected,
+    /// An answer that is not an ack, with its status.
+    Rejected(u16),
 }
 
 impl Engine {
@@ -109,9 +111,11 @@ impl Engine {
             .await
         {
             Ok(again) if again.message == first.message && again.replayed => {}
-            Ok(_) | Err(SendFailure::Rejected) => self.books().oracle.replay_mismatch(),
-            // No answer at all is a transport error, not a wrong answer.
-            Err(SendFailure::Request) => Counters::bump(&self.counters.send_errors),
+            // Another message, or a conflict: the server forgot or changed it.
+            Ok(_) | Err(SendFailure::Rejected(409)) => self.books().oracle.replay_mismatch(),
+            // No answer, or "come back later" (429, 503): an error, not a
+            // wrong answer.
+            Err(_) => Counters::bump(&self.counters.send_errors),
         }
     }
 
@@ -138,7 +142,7 @@ impl Engine {
             let this = self
                 .target
                 .parse_ack(&reply)
-                .map_err(|_| SendFailure::Rejected)?;
+                .map_err(|_| SendFailure::Rejected(reply.status.as_u16()))?;
             ack.get_or_insert(this);
         }
         ack.ok_or(SendFailure::Request)
