@@ -27,6 +27,12 @@ pub struct Args {
     #[arg(long, global = true, value_enum, default_value = "carrier")]
     pub peer: Peer,
 
+    /// Nchan: publish each direct message a second time, to the sender's
+    /// channel, so the sender's devices get a copy as Carrier gives them
+    /// (without it, one publish per message reaches the recipient only).
+    #[arg(long, global = true)]
+    pub nchan_sender_copy: bool,
+
     /// The target's Carrier configuration file: tokens are minted with its
     /// auth secret (as `carrier token --config FILE` does).
     #[arg(long, global = true, conflicts_with_all = ["secret", "tokens"])]

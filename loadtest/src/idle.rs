@@ -43,7 +43,8 @@ pub async fn run(
     polls: usize,
     sample: bool,
 ) -> anyhow::Result<RunResult> {
-    let target = Target::new(args.target, args.peer);
+    let mut target = Target::new(args.target, args.peer);
+    target.sender_copy = args.nchan_sender_copy;
     let mut plan = Plan::chat(tokens, polls.max(2), 1);
     plan.convs.clear();
     plan.devices.truncate(polls);

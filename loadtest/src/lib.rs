@@ -31,6 +31,7 @@ pub mod schedule;
 pub mod send;
 pub mod stats;
 pub mod target;
+pub mod wire;
 pub mod workers;
 
 #[cfg(test)]

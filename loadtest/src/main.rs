@@ -6,6 +6,11 @@ use clap::Parser;
 use loadtest::cli::Args;
 use loadtest::run::{check, run, write_outputs};
 
+/// The tool shares the machine with the server it measures: jemalloc
+/// halves what glibc's malloc cost it (it was ~15 % of its CPU).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(why) = check(&args) {

@@ -372,12 +372,14 @@ impl Oracle {
     }
 }
 
-/// Hash of a JSON body's canonical text (serde_json writes object keys in
-/// sorted order), so a delivered body compares to the sent one cheaply.
-pub fn body_hash(body: &serde_json::Value) -> u64 {
+/// Hash of a JSON body's compact text. A sent body is hashed as
+/// `serde_json` writes it (object keys sorted, no spaces), a delivered one
+/// as the raw text the server returned: the server re-serialises bodies the
+/// same way, so any change to a body changes its hash.
+pub fn body_hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    body.to_string().hash(&mut h);
+    text.hash(&mut h);
     h.finish()
 }
 

@@ -12,7 +12,7 @@ fn world(n: u64, devices: u32) -> (Oracle, Vec<Seen>) {
     let mut seen = Vec::new();
     for seq in 1..=n {
         let id = Uuid::from_u128(1000 + u128::from(seq));
-        let hash = body_hash(&serde_json::json!({"i": seq}));
+        let hash = body_hash(&serde_json::json!({"i": seq}).to_string());
         oracle.issued(id, CONV, hash, 0);
         oracle.acked(id, Some(seq), prev, devices);
         seen.push(Seen {

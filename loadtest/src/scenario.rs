@@ -36,7 +36,8 @@ pub fn settings(args: &Args) -> Settings {
 /// Runs a sending scenario of `args` with `share` of its users and rate
 /// (1.0 in one process; 1/n in each of n workers).
 pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<RunResult> {
-    let target = Target::new(args.target, args.peer);
+    let mut target = Target::new(args.target, args.peer);
+    target.sender_copy = args.nchan_sender_copy;
     let scale = |n: usize| ((n as f64 * share).round() as usize).max(2);
     let (plan, rate) = match &args.scenario {
         Scenario::Chat(a) => (

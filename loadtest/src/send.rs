@@ -39,7 +39,7 @@ impl Engine {
         let sender = conv.members[(turn + conv_index) % conv.members.len()];
         let message_id = Uuid::new_v4();
         let body = json!({"i": i, "from": sender, "pad": self.pad});
-        let hash = body_hash(&body);
+        let hash = body_hash(&body.to_string());
         {
             let mut books = self.books();
             books.oracle.issued(message_id, conv.id, hash, tag);
@@ -77,7 +77,10 @@ impl Engine {
                 Counters::bump(&self.counters.acked);
                 self.rec
                     .ack(tag, Instant::now().saturating_duration_since(due));
-                let expected = self.plan.expected(conv);
+                let mut expected = self.plan.expected(conv);
+                if !conv.group && !self.target.copies_to_sender() {
+                    expected -= self.plan.per_user as u32;
+                }
                 self.books()
                     .oracle
                     .acked(message_id, ack.seq, ack.prev, expected);

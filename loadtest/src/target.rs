@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use crate::client::Reply;
 use crate::oracle::{Seen, body_hash};
+use crate::wire::{
+    AckMessage, AckReply, Envelope, HistoryReply, PollReply, WireEvent, WireMessage,
+};
 
 /// Which protocol the target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -66,8 +69,8 @@ pub enum Event {
 pub struct Ack {
     pub seq: Option<u64>,
     pub prev: Option<Uuid>,
-    /// The whole message object, to compare a replay against.
-    pub message: Value,
+    /// The whole message object as sent back, to compare a replay against.
+    pub message: String,
     pub replayed: bool,
 }
 
@@ -75,6 +78,9 @@ pub struct Ack {
 pub struct Target {
     pub addr: SocketAddr,
     pub peer: Peer,
+    /// Nchan: also publish each direct message to the sender's channel (a
+    /// copy for its own devices, as Carrier delivers one).
+    pub sender_copy: bool,
     host: String,
 }
 
@@ -107,8 +113,14 @@ impl Target {
         Target {
             addr,
             peer,
+            sender_copy: false,
             host: addr.to_string(),
         }
+    }
+
+    /// Whether the sender's own devices get a copy of a direct message.
+    pub fn copies_to_sender(&self) -> bool {
+        self.peer == Peer::Carrier || self.sender_copy
     }
 
     /// Whether the target assigns `seq` and keeps history and receipts.
@@ -174,17 +186,16 @@ impl Target {
                 if reply.status != StatusCode::OK {
                     return Err(TargetError::Status(reply.status));
                 }
-                let v: Value = serde_json::from_slice(&reply.body)
-                    .map_err(|e| TargetError::Body(e.to_string()))?;
-                let next = v["cursor"]
-                    .as_str()
-                    .ok_or_else(|| TargetError::Body("no cursor".into()))?
-                    .to_owned();
-                let events = match v["events"].as_array() {
-                    Some(events) => events.iter().map(carrier_event).collect(),
-                    None => Vec::new(),
-                };
-                Ok((events, next))
+                match serde_json::from_slice::<PollReply<'_>>(&reply.body) {
+                    Ok(poll) => {
+                        let events = poll.events.iter().map(wire_event).collect();
+                        Ok((events, poll.cursor.into_owned()))
+                    }
+                    // Something did not fit the types: read it loosely, so
+                    // one bad event counts as corrupted instead of failing
+                    // every poll from this cursor.
+                    Err(_) => loose_poll(&reply.body),
+                }
             }
             Peer::Nchan => {
                 // 304/408: the long poll timed out; poll again from here.
@@ -205,9 +216,17 @@ impl Target {
                         .to_owned()
                 };
                 let next = format!("{}\n{}", header("last-modified"), header("etag"));
-                let v: Value = serde_json::from_slice(&reply.body)
-                    .map_err(|e| TargetError::Body(e.to_string()))?;
-                Ok((vec![envelope_event(&v)], next))
+                let event = match serde_json::from_slice::<Envelope<'_>>(&reply.body) {
+                    Ok(e) => Event::Message(Seen {
+                        message_id: e.message_id,
+                        conversation_id: e.conversation_id,
+                        seq: None,
+                        prev_message_id: None,
+                        body_hash: body_hash(e.body.get()),
+                    }),
+                    Err(_) => Event::Malformed,
+                };
+                Ok((vec![event], next))
             }
         }
     }
@@ -246,7 +265,7 @@ impl Target {
                     .to_string(),
                 );
                 let channels = match dest {
-                    Dest::Direct(to) if to != from.user => vec![to, from.user],
+                    Dest::Direct(to) if to != from.user && self.sender_copy => vec![to, from.user],
                     Dest::Direct(to) => vec![to],
                     Dest::Group(g) => vec![g],
                 };
@@ -273,16 +292,14 @@ impl Target {
                 if reply.status != StatusCode::CREATED {
                     return Err(TargetError::Status(reply.status));
                 }
-                let v: Value = serde_json::from_slice(&reply.body)
+                let ack: AckReply<'_> = serde_json::from_slice(&reply.body)
                     .map_err(|e| TargetError::Body(e.to_string()))?;
-                let message = v["message"].clone();
-                let seq = message["seq"]
-                    .as_u64()
-                    .ok_or_else(|| TargetError::Body("no seq".into()))?;
+                let fields: AckMessage = serde_json::from_str(ack.message.get())
+                    .map_err(|e| TargetError::Body(e.to_string()))?;
                 Ok(Ack {
-                    seq: Some(seq),
-                    prev: uuid_of(&message["prev_message_id"]),
-                    message,
+                    seq: Some(fields.seq),
+                    prev: fields.prev_message_id,
+                    message: ack.message.get().to_owned(),
                     replayed: reply.headers.get("idempotent-replayed").is_some(),
                 })
             }
@@ -293,7 +310,7 @@ impl Target {
                 Ok(Ack {
                     seq: None,
                     prev: None,
-                    message: Value::Null,
+                    message: String::new(),
                     replayed: false,
                 })
             }
@@ -376,12 +393,35 @@ pub fn history_page(reply: &Reply) -> Result<Vec<Seen>, TargetError> {
     if reply.status != StatusCode::OK {
         return Err(TargetError::Status(reply.status));
     }
-    let v: Value =
+    let page: HistoryReply<'_> =
         serde_json::from_slice(&reply.body).map_err(|e| TargetError::Body(e.to_string()))?;
-    let messages = v["messages"]
-        .as_array()
-        .ok_or_else(|| TargetError::Body("no messages".into()))?;
-    Ok(messages.iter().filter_map(carrier_message).collect())
+    Ok(page.messages.iter().map(WireMessage::seen).collect())
+}
+
+fn wire_event(e: &WireEvent<'_>) -> Event {
+    match (e.kind.as_ref(), &e.message, &e.receipt) {
+        ("message", Some(m), _) => Event::Message(m.seen()),
+        ("message", None, _) => Event::Malformed,
+        ("receipt", _, Some(r)) if r.kind == "read" => Event::Read {
+            conversation_id: r.conversation_id,
+            up_to_seq: r.up_to_seq,
+        },
+        _ => Event::Other,
+    }
+}
+
+/// The slow path of a poll answer that did not fit [`PollReply`].
+fn loose_poll(body: &[u8]) -> Result<(Vec<Event>, String), TargetError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| TargetError::Body(e.to_string()))?;
+    let next = v["cursor"]
+        .as_str()
+        .ok_or_else(|| TargetError::Body("no cursor".into()))?
+        .to_owned();
+    let events = match v["events"].as_array() {
+        Some(events) => events.iter().map(carrier_event).collect(),
+        None => Vec::new(),
+    };
+    Ok((events, next))
 }
 
 fn carrier_message(m: &Value) -> Option<Seen> {
@@ -390,7 +430,7 @@ fn carrier_message(m: &Value) -> Option<Seen> {
         conversation_id: uuid_of(&m["conversation_id"])?,
         seq: m["seq"].as_u64(),
         prev_message_id: uuid_of(&m["prev_message_id"]),
-        body_hash: body_hash(&m["body"]),
+        body_hash: body_hash(&m["body"].to_string()),
     })
 }
 
@@ -413,18 +453,5 @@ fn carrier_event(e: &Value) -> Event {
             }
         }
         _ => Event::Other,
-    }
-}
-
-fn envelope_event(v: &Value) -> Event {
-    match (uuid_of(&v["message_id"]), uuid_of(&v["conversation_id"])) {
-        (Some(message_id), Some(conversation_id)) => Event::Message(Seen {
-            message_id,
-            conversation_id,
-            seq: None,
-            prev_message_id: None,
-            body_hash: body_hash(&v["body"]),
-        }),
-        _ => Event::Malformed,
     }
 }
