@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::client::Reply;
 use crate::oracle::{Seen, body_hash};
 use crate::wire::{
-    AckMessage, AckReply, Envelope, HistoryReply, PollReply, WireEvent, WireMessage,
+    AckMessage, AckReply, Envelope, HistoryReply, PollReply, WireEvent, WireMessage, loose_poll,
 };
 
 /// Which protocol the target speaks.
@@ -384,10 +384,6 @@ impl Target {
     }
 }
 
-fn uuid_of(v: &Value) -> Option<Uuid> {
-    v.as_str().and_then(|s| Uuid::parse_str(s).ok())
-}
-
 /// A history page's messages as the oracle sees them.
 pub fn history_page(reply: &Reply) -> Result<Vec<Seen>, TargetError> {
     if reply.status != StatusCode::OK {
@@ -406,52 +402,6 @@ fn wire_event(e: &WireEvent<'_>) -> Event {
             conversation_id: r.conversation_id,
             up_to_seq: r.up_to_seq,
         },
-        _ => Event::Other,
-    }
-}
-
-/// The slow path of a poll answer that did not fit [`PollReply`].
-fn loose_poll(body: &[u8]) -> Result<(Vec<Event>, String), TargetError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| TargetError::Body(e.to_string()))?;
-    let next = v["cursor"]
-        .as_str()
-        .ok_or_else(|| TargetError::Body("no cursor".into()))?
-        .to_owned();
-    let events = match v["events"].as_array() {
-        Some(events) => events.iter().map(carrier_event).collect(),
-        None => Vec::new(),
-    };
-    Ok((events, next))
-}
-
-fn carrier_message(m: &Value) -> Option<Seen> {
-    Some(Seen {
-        message_id: uuid_of(&m["message_id"])?,
-        conversation_id: uuid_of(&m["conversation_id"])?,
-        seq: m["seq"].as_u64(),
-        prev_message_id: uuid_of(&m["prev_message_id"]),
-        body_hash: body_hash(&m["body"].to_string()),
-    })
-}
-
-fn carrier_event(e: &Value) -> Event {
-    match e["type"].as_str() {
-        Some("message") => match carrier_message(&e["message"]) {
-            Some(seen) => Event::Message(seen),
-            None => Event::Malformed,
-        },
-        Some("receipt") if e["receipt"]["kind"] == "read" => {
-            match (
-                uuid_of(&e["receipt"]["conversation_id"]),
-                e["receipt"]["up_to_seq"].as_u64(),
-            ) {
-                (Some(conversation_id), Some(up_to_seq)) => Event::Read {
-                    conversation_id,
-                    up_to_seq,
-                },
-                _ => Event::Other,
-            }
-        }
         _ => Event::Other,
     }
 }
