@@ -3,11 +3,16 @@
 -- Each connection sends to its own peer, so conversations do not contend.
 local token = os.getenv("TOKEN")
 local counter = 0
-local thread_id = 0
+-- Set per thread by setup() through thread:set, which writes a *global* in
+-- the thread's Lua state: a `local thread_id` here would shadow it and give
+-- every thread id 0 (and the same message ids: half the sends were replays
+-- before this was fixed).
+thread_id = 0
+local threads = 0
 
 function setup(thread)
-  thread:set("thread_id", thread_id)
-  thread_id = thread_id + 1
+  thread:set("thread_id", threads)
+  threads = threads + 1
 end
 
 -- A version-4-shaped UUID from two numbers (LuaJIT has no bit operators).

@@ -17,11 +17,12 @@ use crate::http::{self, Ctx, HttpLimits};
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
 use crate::service::clock::Clock;
-use crate::service::committer::{Committer, Writer, clock_row};
+use crate::service::committer::{Committer, Watermark, Writer, clock_row};
 use crate::service::outbox::Outbox;
 use crate::service::waiters::Waiters;
 use crate::service::{Parts, Service, Settings};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::hbase::HbaseStore;
 use crate::store::{Store, StoreError, Table};
 
 /// Why a node could not start or stop cleanly.
@@ -31,8 +32,8 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the hbase backend is not built yet; use backend = \"embedded\"")]
-    BackendUnavailable,
+    #[error("stopped before the store could be opened")]
+    StoppedWhileOpening,
 }
 
 /// Pending sends waiting for their `prev_message_id`, at most (a safety net;
@@ -48,16 +49,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let secret = config.secret()?;
-    let store = match config.storage.backend {
-        Backend::Embedded => Arc::new(EmbeddedStore::open(&config.storage.path)?),
-        Backend::Hbase => return Err(AppError::BackendUnavailable),
+    let stop_signal = CancellationToken::new();
+    {
+        let stop_signal = stop_signal.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop_signal.cancel();
+        });
+    }
+    let node_key = node_key(&config.cluster.node_id);
+    let mut embedded = None;
+    let store: Arc<dyn Store> = match config.storage.backend {
+        Backend::Embedded => {
+            let store = Arc::new(EmbeddedStore::open(&config.storage.path)?);
+            embedded = Some(store.clone());
+            store
+        }
+        Backend::Hbase => Arc::new(open_hbase(&config, node_key, &stop_signal).await?),
     };
     let node = Node::start(&config, store.clone()).await?;
     {
         let stop = node.stop.clone();
         tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
+            stop_signal.cancelled().await;
             stop.cancel();
         });
     }
@@ -80,9 +95,39 @@ pub async fn serve(
     )
     .await;
     node.shutdown().await;
-    store.flush()?;
+    if let Some(embedded) = embedded {
+        embedded.flush()?;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the HBase store, waiting (with backoff) while HBase cannot be
+/// reached: a node started before its HBase comes up once HBase does.
+async fn open_hbase(
+    config: &Config,
+    node_key: [u8; 8],
+    stop: &CancellationToken,
+) -> Result<HbaseStore, AppError> {
+    let hbase = &config.storage.hbase;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match HbaseStore::open(hbase, node_key).await {
+            Ok(store) => {
+                tracing::info!(thrift = %hbase.thrift, prefix = %hbase.table_prefix, "HBase store open");
+                return Ok(store);
+            }
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "HBase not reachable yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return Err(AppError::StoppedWhileOpening),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// A node's service and the tasks behind it, without the HTTP front.
@@ -101,6 +146,12 @@ impl Node {
     /// committer and the outbox worker.
     pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Node, AppError> {
         let metrics = Arc::new(Metrics::new());
+        for collector in store.collectors() {
+            metrics
+                .registry
+                .register(collector)
+                .map_err(|e| StoreError::Unavailable(format!("store metrics: {e}")))?;
+        }
         let node_key = node_key(&config.cluster.node_id);
         let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
             Some(b) => u64::from_be_bytes(
@@ -120,7 +171,9 @@ impl Node {
             Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS);
         let outbox_kick = Arc::new(tokio::sync::Notify::new());
         let closing = CancellationToken::new();
+        let watermark = Arc::new(Watermark::new(lease));
         let (committer, committer_task) = Committer::start(Writer {
+            watermark: watermark.clone(),
             closing: closing.clone(),
             store: store.clone(),
             node_key,
@@ -142,6 +195,7 @@ impl Node {
             arrivals,
             mailbox_cache,
             history_cache,
+            watermark: watermark.clone(),
             settings: Settings::from_config(config),
             shutdown: stop.clone(),
         });
@@ -152,6 +206,7 @@ impl Node {
                 node_key,
                 kick: outbox_kick,
                 metrics,
+                watermark,
             }
             .run(stop.clone()),
         );

@@ -119,6 +119,19 @@ pub struct HbaseConfig {
     pub thrift: String,
     /// Prepended to every table name, so several deployments share a cluster.
     pub table_prefix: String,
+    /// Thrift connections kept open at most; also the most calls in flight.
+    pub pool_size: usize,
+    /// How long dialling the Thrift server may take.
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// The longest one call may take (each socket read and write, and the
+    /// wait for a free connection): past it the request gets 503.
+    #[serde(with = "millis")]
+    pub call_timeout: Duration,
+    /// Idle connections older than this are dialled again (the Thrift
+    /// server closes idle ones after 60 s by default).
+    #[serde(with = "secs")]
+    pub max_idle: Duration,
 }
 
 impl Default for HbaseConfig {
@@ -126,6 +139,10 @@ impl Default for HbaseConfig {
         HbaseConfig {
             thrift: "127.0.0.1:9090".to_owned(),
             table_prefix: "carrier_".to_owned(),
+            pool_size: 32,
+            connect_timeout: Duration::from_millis(1000),
+            call_timeout: Duration::from_millis(5000),
+            max_idle: Duration::from_secs(30),
         }
     }
 }
@@ -360,10 +377,30 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             return invalid("storage.path", "must not be empty".to_owned());
         }
-        if self.storage.backend == Backend::Hbase && self.storage.hbase.thrift.trim().is_empty() {
+        let hbase = &self.storage.hbase;
+        if self.storage.backend == Backend::Hbase && hbase.thrift.trim().is_empty() {
             return invalid(
                 "storage.hbase.thrift",
                 "must name the Thrift server when backend = \"hbase\"".to_owned(),
+            );
+        }
+        if hbase.pool_size == 0 {
+            return invalid("storage.hbase.pool_size", "must be at least 1".to_owned());
+        }
+        if hbase.connect_timeout.is_zero() || hbase.call_timeout.is_zero() {
+            return invalid(
+                "storage.hbase.call_timeout",
+                "connect_timeout and call_timeout must be above 0".to_owned(),
+            );
+        }
+        if !hbase
+            .table_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return invalid(
+                "storage.hbase.table_prefix",
+                "may hold only letters, digits, '_', '-' and '.' (HBase table names)".to_owned(),
             );
         }
 

@@ -39,6 +39,31 @@ fn minimal_file_loads() {
 }
 
 #[test]
+fn hbase_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hbase.toml");
+    let config = Config::load(Some(&path)).unwrap();
+    assert_eq!(config.storage.backend, Backend::Hbase);
+    assert_eq!(config.storage.hbase.thrift, "127.0.0.1:9090");
+}
+
+#[test]
+fn hbase_settings_are_checked() {
+    let base = "[storage]\nbackend = \"hbase\"\n[storage.hbase]\n";
+    assert_eq!(
+        invalid_key(&format!("{base}pool_size = 0\n")),
+        "storage.hbase.pool_size"
+    );
+    assert_eq!(
+        invalid_key(&format!("{base}table_prefix = \"a b\"\n")),
+        "storage.hbase.table_prefix"
+    );
+    assert_eq!(
+        invalid_key(&format!("{base}call_timeout = 0\n")),
+        "storage.hbase.call_timeout"
+    );
+}
+
+#[test]
 fn reference_file_states_the_defaults() {
     let file = Config::load(Some(&reference_path())).unwrap();
     let defaults = Config::default();
@@ -48,6 +73,7 @@ fn reference_file_states_the_defaults() {
     assert_eq!(file.storage.path, defaults.storage.path);
     assert_eq!(file.poll.default_timeout, defaults.poll.default_timeout);
     assert_eq!(file.poll.max_timeout, defaults.poll.max_timeout);
+    assert_eq!(file.storage.hbase, defaults.storage.hbase);
     assert_eq!(file.limits.max_body_bytes, defaults.limits.max_body_bytes);
     // And every other key too.
     assert_eq!(file, defaults);

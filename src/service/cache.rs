@@ -77,6 +77,11 @@ impl MailboxCache {
         self.tails.get(user)
     }
 
+    /// Drops a tail that may have fallen behind the store.
+    pub fn forget(&self, user: &UserId) {
+        self.tails.remove(user);
+    }
+
     /// Appends a just-committed event, in place unless a reader holds the
     /// tail right now. Positions come from one clock in commit order, so an
     /// absent tail can start at this event: nothing lies between
@@ -152,6 +157,11 @@ impl HistoryCache {
 
     pub fn get(&self, conv: &ConversationId) -> Option<Arc<Page>> {
         self.pages.get(conv)
+    }
+
+    /// Drops a page that may have fallen behind the store.
+    pub fn forget(&self, conv: &ConversationId) {
+        self.pages.remove(conv);
     }
 
     /// Stores a page read from the store, under the conversation's lock.

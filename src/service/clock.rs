@@ -25,6 +25,11 @@ impl Clock {
     }
 
     /// The next position.
+    /// The newest position handed out (the lease it resumed from, at first).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
     pub fn tick(&mut self) -> u64 {
         self.last = now_us().max(self.last + 1);
         self.last

@@ -8,6 +8,7 @@
 //! later position before an earlier one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -55,6 +56,30 @@ pub struct Committer {
     queue: mpsc::UnboundedSender<Request>,
 }
 
+/// The newest position (mailbox row or outbox id) of a batch that has fully
+/// landed. On HBase a batch's rows become readable one by one while it is
+/// written, and a failed batch lands later, when it is rolled forward
+/// (store/hbase/intents.rs); readers ignore rows above the watermark, so
+/// they never see a later position before an earlier one.
+#[derive(Debug)]
+pub struct Watermark(AtomicU64);
+
+impl Watermark {
+    /// Everything at or below `position` (the clock's lease at start) is
+    /// already complete in the store.
+    pub fn new(position: u64) -> Watermark {
+        Watermark(AtomicU64::new(position))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn raise(&self, position: u64) {
+        self.0.fetch_max(position, Ordering::AcqRel);
+    }
+}
+
 /// What the committer task owns.
 pub struct Writer {
     pub store: Arc<dyn Store>,
@@ -68,6 +93,8 @@ pub struct Writer {
     /// Kicked whenever outbox rows were written.
     pub outbox_kick: Arc<tokio::sync::Notify>,
     pub metrics: Arc<Metrics>,
+    /// Raised after each batch that fully landed.
+    pub watermark: Arc<Watermark>,
     /// Fired at shutdown: take no new work, finish what is queued.
     pub closing: tokio_util::sync::CancellationToken,
 }
@@ -179,6 +206,7 @@ impl Writer {
             );
         }
 
+        let newest = self.clock.last();
         self.metrics
             .commit_batch_size
             .observe(requests.len() as f64);
@@ -192,6 +220,17 @@ impl Writer {
 
         if let Err(e) = result {
             tracing::warn!(error = %e, sends = requests.len(), "commit failed");
+            // The batch may still land (the store rolls it forward before
+            // serving anything else), so what the caches know of these
+            // mailboxes and conversations may be short of the store.
+            for request in &requests {
+                for (user, _) in &request.commit.appends {
+                    self.mailbox_cache.forget(user);
+                }
+                if let Some((conv, _, _)) = &request.commit.message {
+                    self.history_cache.forget(conv);
+                }
+            }
             for request in requests {
                 let _ = request
                     .reply
@@ -199,6 +238,7 @@ impl Writer {
             }
             return;
         }
+        self.watermark.raise(newest);
         if outbox_rows > 0 {
             self.metrics.outbox_depth.add(outbox_rows);
             self.outbox_kick.notify_one();
@@ -301,6 +341,7 @@ mod tests {
             arrivals: Waiters::new(8, 8),
             outbox_kick: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::new(Metrics::new()),
+            watermark: Arc::new(Watermark::new(0)),
             closing: tokio_util::sync::CancellationToken::new(),
         }
     }

@@ -207,7 +207,11 @@ impl Service {
         }
         let event = group_event(g, GroupChange::Created, members.clone(), now)?;
         commit.appends = members.iter().map(|m| (*m, event.clone())).collect();
-        self.inner.committer.commit(commit).await?;
+        if let Err(e) = self.inner.committer.commit(commit).await {
+            // It may still land: read the group from the store next time.
+            self.inner.groups.groups.remove(&g);
+            return Err(e.into());
+        }
         self.inner.groups.groups.insert(
             g,
             Arc::new(GroupState {
@@ -315,7 +319,11 @@ impl Service {
                 .appends
                 .extend(after.iter().map(|m| (*m, event.clone())));
         }
-        self.inner.committer.commit(commit).await?;
+        if let Err(e) = self.inner.committer.commit(commit).await {
+            // It may still land: read the group from the store next time.
+            self.inner.groups.groups.remove(&g);
+            return Err(e.into());
+        }
         self.inner.groups.groups.insert(
             g,
             Arc::new(GroupState {

@@ -24,11 +24,12 @@ impl Service {
         self.stored_head(user).await
     }
 
-    /// The newest position the store holds, which may be ahead of the cache.
+    /// The newest complete position the store holds, which may be ahead of
+    /// the cache.
     async fn stored_head(&self, user: UserId) -> Result<Cursor> {
-        let newest = self
-            .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
-            .await?;
+        let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev();
+        scan.end = Bound::Included(keys::id_u64(user.0, self.inner.watermark.get()));
+        let newest = self.scan(scan).await?;
         Ok(Cursor(
             newest
                 .first()
@@ -71,7 +72,11 @@ impl Service {
 
         let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), limit);
         scan.start = Bound::Excluded(keys::id_u64(user.0, cursor.0));
-        let rows = self.scan(scan).await?;
+        let mut rows = self.scan(scan).await?;
+        // Read after the scan: rows at or below it belong to batches that
+        // had fully landed when the scan ran.
+        let complete = self.inner.watermark.get();
+        rows.retain(|(row, _)| keys::trailing_u64(row).is_some_and(|p| p <= complete));
         if rows.is_empty() {
             if cursor > self.stored_head(user).await? {
                 return Err(Error::InvalidCursor);

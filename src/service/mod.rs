@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use self::cache::{HistoryCache, MailboxCache};
-use self::committer::Committer;
+use self::committer::{Committer, Watermark};
 use self::groups::GroupCache;
 use self::locks::KeyedLocks;
 use self::waiters::Waiters;
@@ -106,6 +106,8 @@ struct Inner {
     claims: Arc<KeyedLocks<(UserId, MessageId), ()>>,
     mailbox_cache: Arc<MailboxCache>,
     history_cache: Arc<HistoryCache>,
+    /// Mailbox rows above it are still being written (see `Watermark`).
+    watermark: Arc<Watermark>,
     groups: GroupCache,
     settings: Settings,
     shutdown: CancellationToken,
@@ -136,6 +138,7 @@ pub struct Parts {
     pub arrivals: Arc<Waiters<(UserId, MessageId)>>,
     pub mailbox_cache: Arc<MailboxCache>,
     pub history_cache: Arc<HistoryCache>,
+    pub watermark: Arc<Watermark>,
     pub settings: Settings,
     pub shutdown: CancellationToken,
 }
@@ -153,6 +156,7 @@ impl Service {
                 claims: KeyedLocks::new(),
                 mailbox_cache: parts.mailbox_cache,
                 history_cache: parts.history_cache,
+                watermark: parts.watermark,
                 groups: GroupCache::new(),
                 settings: parts.settings,
                 shutdown: parts.shutdown,

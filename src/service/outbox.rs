@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::committer::{Commit, Committer};
+use super::committer::{Commit, Committer, Watermark};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
-use crate::store::{Mutation, Scan, Store, StoreError, Table};
+use crate::store::{Mutation, Scan, Store, StoreError, Table, keys};
 
 /// Entries applied per commit.
 const BATCH: usize = 512;
@@ -30,6 +30,8 @@ pub struct Outbox {
     pub node_key: [u8; 8],
     pub kick: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Entries above it may still be landing, out of order.
+    pub watermark: Arc<Watermark>,
 }
 
 impl Outbox {
@@ -80,7 +82,14 @@ impl Outbox {
         if let Some(last) = after {
             scan.start = std::ops::Bound::Excluded(last.clone());
         }
-        let rows = self.store.scan(scan).await?;
+        let mut rows = self.store.scan(scan).await?;
+        let complete = self.watermark.get();
+        if let Some(cut) = rows
+            .iter()
+            .position(|(row, _)| keys::trailing_u64(row).is_none_or(|id| id > complete))
+        {
+            rows.truncate(cut);
+        }
         if rows.is_empty() {
             return Ok(0);
         }

@@ -8,9 +8,9 @@
 //!    `prev_message_id` it waits for (bounded).
 //! 4. The sequencer: under the conversation's lock, `seq = head + 1` and
 //!    `prev_message_id` chains to the head.
-//! 5. Receiver first: one commit holds the message, its idempotency record,
-//!    the recipients' mailbox events and the outbox entry for the sender's
-//!    own copy. The ack waits for that commit's fsync.
+//! 5. One commit holds the message, its idempotency record, the
+//!    recipients' mailbox events and the sender's own copy. The ack waits
+//!    for that commit's fsync.
 
 use std::pin::pin;
 use std::time::Instant;
@@ -205,8 +205,12 @@ impl Service {
             arrival: Some((sender, req.message_id)),
             ..Commit::default()
         };
+        // The sender's own copy, in the same commit: this node owns every
+        // mailbox, and a copy sent later through the outbox would land
+        // after messages others sent next, out of seq order. (Copies for
+        // mailboxes another node owns are what the outbox is for.)
         if !recipients.contains(&sender) {
-            commit.outbox.push((sender, event.clone()));
+            commit.appends.push((sender, event.clone()));
         }
         if let (Destination::User(to), 1) = (req.to, message.seq) {
             let meta = ConversationMeta::Direct {
@@ -215,7 +219,12 @@ impl Service {
             commit.writes.extend(meta.rows(conv, now_ms())?);
         }
 
-        self.inner.committer.commit(commit).await?;
+        if let Err(e) = self.inner.committer.commit(commit).await {
+            // The message may still land (a failed write is rolled forward
+            // before the store serves anything else): learn the head again.
+            head.loaded = false;
+            return Err(e.into());
+        }
         head.seq = message.seq;
         head.last = Some(message.message_id);
         drop(head);

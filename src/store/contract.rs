@@ -2,8 +2,9 @@
 //! the same properties: `store_contract_tests!(make)` in an engine's tests
 //! expands to one test per property, named for it.
 //!
-//! `make` yields `(store, guard)` for an empty store; the guard keeps what
-//! backs the store (a temp folder, a table prefix) alive until the test ends.
+//! `make` yields `(store, guard)` for an empty store (it may `.await`); the
+//! guard keeps what backs the store (a temp folder) alive until the test
+//! ends. Attributes after it (`#[ignore = "..."]`) go on every test.
 
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use bytes::Bytes;
 use super::{Mutation, Scan, Store, StoreError, Table, keys};
 
 macro_rules! store_contract_tests {
-    ($make:expr) => {
-        $crate::store::contract::store_contract_tests!(@each $make;
+    ($make:expr $(, #[$attr:meta])*) => {
+        $crate::store::contract::store_contract_tests!(@each $make; [$(#[$attr])*];
             absent_row_reads_none,
             put_then_get,
             overwrite_replaces_cell,
@@ -34,18 +35,24 @@ macro_rules! store_contract_tests {
             increment_of_non_counter_is_corrupt,
             concurrent_increments_sum_exactly,
             concurrent_check_and_put_has_one_winner,
+            check_and_put_treats_an_empty_cell_as_absent,
+            put_right_after_delete_lands,
         );
     };
-    (@each $make:expr; $($property:ident),* $(,)?) => {
+    (@each $make:expr; $attrs:tt; $($property:ident),* $(,)?) => {
         mod contract {
             use super::*;
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $property() {
-                    let (store, _guard) = $make;
-                    $crate::store::contract::$property(store).await;
-                }
+                $crate::store::contract::store_contract_tests!(@one $make; $attrs; $property);
             )*
+        }
+    };
+    (@one $make:expr; [$(#[$attr:meta])*]; $property:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn $property() {
+            let (store, _guard) = $make;
+            $crate::store::contract::$property(store).await;
         }
     };
 }
@@ -370,4 +377,42 @@ pub(crate) async fn concurrent_check_and_put_has_one_winner<S: Store>(store: S) 
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     assert_eq!(get(&*store, Table::Groups, b"g").await, cell(&winners));
+}
+
+/// HBase matches an empty expected value against an absent cell *and* an
+/// empty one; every engine does the same, so the service cannot tell them
+/// apart by accident.
+pub(crate) async fn check_and_put_treats_an_empty_cell_as_absent<S: Store>(store: S) {
+    write(&store, vec![put(Table::Groups, b"g", b"")]).await;
+    assert!(check_and_put(&store, b"g", None, b"owner").await);
+    assert_eq!(get(&store, Table::Groups, b"g").await, cell(b"owner"));
+    assert!(!check_and_put(&store, b"g", None, b"thief").await);
+}
+
+/// A row deleted and written again at once holds the new cell (HBase hides
+/// puts stamped in the same millisecond as a delete).
+pub(crate) async fn put_right_after_delete_lands<S: Store>(store: S) {
+    for round in 0..20u8 {
+        write(&store, vec![put(Table::Members, b"m", &[round])]).await;
+        assert_eq!(
+            get(&store, Table::Members, b"m").await,
+            cell(&[round]),
+            "round {round}"
+        );
+        write(
+            &store,
+            vec![Mutation::Delete {
+                table: Table::Members,
+                row: b"m".to_vec(),
+            }],
+        )
+        .await;
+        assert_eq!(
+            get(&store, Table::Members, b"m").await,
+            None,
+            "round {round}"
+        );
+    }
+    write(&store, vec![put(Table::Members, b"m", b"back")]).await;
+    assert_eq!(get(&store, Table::Members, b"m").await, cell(b"back"));
 }

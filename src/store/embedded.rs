@@ -138,7 +138,10 @@ impl Inner {
         value: Bytes,
     ) -> Result<bool, StoreError> {
         let serial = self.serial();
-        if self.get(table, &row)?.as_deref() != expected.as_deref() {
+        // An empty cell counts as absent, as on HBase.
+        let current = self.get(table, &row)?.filter(|c| !c.is_empty());
+        let expected = expected.filter(|e| !e.is_empty());
+        if current.as_deref() != expected.as_deref() {
             return Ok(false);
         }
         self.apply(&serial, [Mutation::Put { table, row, value }])?;

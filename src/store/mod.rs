@@ -7,6 +7,7 @@
 //! never let the service lean on something HBase lacks.
 
 pub mod embedded;
+pub mod hbase;
 pub mod keys;
 
 #[cfg(test)]
@@ -147,9 +148,9 @@ pub enum StoreError {
 /// The HBase-shaped storage every engine implements.
 ///
 /// Writes are durable when they return `Ok` (on disk, fsynced, or in
-/// HBase's WAL). `write` is atomic on the embedded engine and atomic per row
-/// on HBase, so callers order their mutations such that any prefix of a
-/// batch is harmless (see docs/architecture.md).
+/// HBase's WAL). A `write` lands whole or not at all. A failed `write` may
+/// still land (whole), but before any later call returns. On HBase its rows
+/// become readable one at a time while it runs (see docs/architecture.md).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The cell of one row, if the row exists.
@@ -178,4 +179,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store can serve; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The engine's own Prometheus series, registered by the node.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        Vec::new()
+    }
 }

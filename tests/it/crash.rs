@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Api, Node, SECRET, User, test_config};
+use crate::harness::{Api, Node, SECRET, User, storage_toml, test_config};
 
 /// A `carrier serve` process on `127.0.0.1:0` over `data`.
 struct Process {
@@ -24,8 +24,8 @@ impl Process {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n[storage]\npath = \"{}\"\n",
-                data.display()
+                "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n{}",
+                storage_toml(data)
             ),
         )
         .unwrap();

@@ -151,7 +151,43 @@ pub fn test_config(data: &Path) -> Config {
     config.server.shutdown_grace = Duration::from_secs(5);
     config.auth.secret = Some(SECRET.to_owned());
     config.storage.path = data.to_path_buf();
+    if let Some(thrift) = hbase() {
+        config.storage.backend = carrier::config::Backend::Hbase;
+        config.storage.hbase.thrift = thrift;
+        config.storage.hbase.table_prefix = HBASE_PREFIX.to_owned();
+        config.cluster.node_id = node_id(data);
+    }
     config
+}
+
+/// Tables the suite shares when it runs on HBase; tests keep apart by
+/// their random user, group and node ids.
+const HBASE_PREFIX: &str = "carrier_it_";
+
+/// The HBase Thrift server to run the suite on, if `CARRIER_TEST_HBASE`
+/// names one (`tests/hbase/run-tests.sh` sets it); else the embedded store.
+pub fn hbase() -> Option<String> {
+    std::env::var("CARRIER_TEST_HBASE")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// A node's identity follows its data folder, so a node restarted on the
+/// same folder finds its clock and outbox again in HBase.
+fn node_id(data: &Path) -> String {
+    format!("it-{}", data.display())
+}
+
+/// The `[storage]` and `[cluster]` sections of a config file for `data`.
+pub fn storage_toml(data: &Path) -> String {
+    let mut toml = format!("[storage]\npath = \"{}\"\n", data.display());
+    if let Some(thrift) = hbase() {
+        toml.push_str(&format!(
+            "backend = \"hbase\"\n[storage.hbase]\nthrift = \"{thrift}\"\ntable_prefix = \"{HBASE_PREFIX}\"\n[cluster]\nnode_id = \"{}\"\n",
+            node_id(data)
+        ));
+    }
+    toml
 }
 
 impl Node {

@@ -11,3 +11,4 @@ mod errors;
 mod fuzz;
 mod groups;
 mod guarantees;
+mod outage;

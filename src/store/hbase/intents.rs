@@ -1,0 +1,273 @@
+//! All-or-nothing batches on a store that is atomic per row only.
+//!
+//! A batch is first written whole as one row of this node's intent log
+//! (HBase applies a single row atomically), then applied table by table.
+//! If applying fails part-way, or the outcome is unknown (a timeout), the
+//! batch stays *pending*: before this store serves any other read or write
+//! it applies the batch again (every mutation is idempotent) until it has
+//! landed. If the process dies instead, [`Intents::recover`] applies it at
+//! the next start, before the node serves.
+//!
+//! So a batch a caller was told failed may still land, but never partly,
+//! and always before anything that follows it: the service treats a failed
+//! write as "outcome unknown" and reloads what it had cached.
+//!
+//! An intent row is deleted together with the next intent's write, so at
+//! most two exist: only the newest can be unfinished, and recovery replays
+//! that one alone (replaying an older, finished one could undo a later
+//! check-and-put).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::{BatchMutation, HbaseStore, THbaseSyncClient, delete, put};
+use crate::store::{Mutation, Scan, StoreError, Table};
+
+/// The log's table name, after the deployment prefix.
+pub(super) const TABLE: &str = "intents_by_node_seq";
+
+/// After a failed attempt to finish a batch, calls fail at once for this
+/// long instead of each trying (and timing out) in turn.
+const RETRY_GAP: Duration = Duration::from_millis(250);
+
+pub(super) struct Intents {
+    table: Vec<u8>,
+    node_key: [u8; 8],
+    state: Mutex<State>,
+    /// Set while a failed batch is pending, so calls skip the lock otherwise.
+    unsettled: AtomicBool,
+    /// When finishing the pending batch last failed.
+    failed_at: std::sync::Mutex<Option<Instant>>,
+    /// How long a caller waits for another to finish the pending batch.
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    /// Intent rows whose batches have fully landed, to delete.
+    finished: Vec<u64>,
+    /// A batch that may be partly applied.
+    pending: Option<(u64, Vec<Mutation>)>,
+}
+
+impl Intents {
+    pub(super) fn new(table: Vec<u8>, node_key: [u8; 8], wait: Duration) -> Intents {
+        Intents {
+            table,
+            node_key,
+            state: Mutex::new(State::default()),
+            unsettled: AtomicBool::new(false),
+            failed_at: std::sync::Mutex::new(None),
+            wait,
+        }
+    }
+
+    pub(super) fn table(&self) -> &[u8] {
+        &self.table
+    }
+
+    pub(super) fn row(&self, id: u64) -> Vec<u8> {
+        let mut row = self.node_key.to_vec();
+        row.extend_from_slice(&id.to_be_bytes());
+        row
+    }
+
+    /// Finishes the batch a previous run of this node left unfinished.
+    pub(super) async fn recover(&self, store: &HbaseStore) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let scan = Scan::prefix(Table::Messages, &self.node_key, usize::MAX);
+        let name = self.table.clone();
+        let range = super::range::Range::of(&scan);
+        let rows = store
+            .call("scan", true, move |c| {
+                super::scan_rows(c, &name, &range, usize::MAX)
+            })
+            .await?;
+        let mut newest = 0;
+        if let Some((row, cell)) = rows.last() {
+            newest = crate::store::keys::trailing_u64(row).unwrap_or(0);
+            let batch = decode(cell)?;
+            tracing::warn!(
+                mutations = batch.len(),
+                "finishing a batch the last run left half-written"
+            );
+            store.apply(&batch).await?;
+            state.finished = rows
+                .iter()
+                .filter_map(|(row, _)| crate::store::keys::trailing_u64(row))
+                .collect();
+        }
+        let now_us = u64::try_from(crate::domain::now_ms())
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        state.next_id = (newest + 1).max(now_us);
+        Ok(())
+    }
+
+    /// Writes `batch` all-or-nothing (see the module docs).
+    pub(super) async fn write(
+        &self,
+        store: &HbaseStore,
+        batch: Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        self.finish(store, &mut state).await?;
+        let result = self.write_new(store, &mut state, batch).await;
+        if result.is_err() {
+            // Whatever part of it landed, the rest lands before anything else.
+            self.unsettled.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn write_new(
+        &self,
+        store: &HbaseStore,
+        state: &mut State,
+        batch: Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        let id = state.next_id;
+        state.next_id += 1;
+        let intent = BatchMutation {
+            row: Some(self.row(id)),
+            mutations: Some(vec![put(&encode(&batch))]),
+        };
+        let mut rows = vec![intent];
+        rows.extend(state.finished.iter().map(|old| BatchMutation {
+            row: Some(self.row(*old)),
+            mutations: Some(vec![delete()]),
+        }));
+        // From here on the outcome may be unknown.
+        state.pending = Some((id, batch));
+        let name = self.table.clone();
+        store
+            .call("mutateRows", true, move |c| {
+                c.mutate_rows(name.clone(), rows.clone(), Default::default())
+            })
+            .await?;
+        state.finished.clear();
+        self.finish(store, state).await
+    }
+
+    /// Applies a batch that failed, if one is pending, before anything
+    /// else happens. While HBase stays unreachable this fails fast instead
+    /// of queueing every caller behind the one trying.
+    pub(super) async fn settle(&self, store: &HbaseStore) -> Result<(), StoreError> {
+        if !self.unsettled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let unreachable = || {
+            StoreError::Unavailable("HBase unreachable: an earlier write is not finished".into())
+        };
+        let failed_at = *self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_GAP) {
+            return Err(unreachable());
+        }
+        let mut state = tokio::time::timeout(self.wait, self.state.lock())
+            .await
+            .map_err(|_| unreachable())?;
+        self.finish(store, &mut state).await
+    }
+
+    async fn finish(&self, store: &HbaseStore, state: &mut State) -> Result<(), StoreError> {
+        let Some((id, batch)) = &state.pending else {
+            return Ok(());
+        };
+        if let Err(e) = store.apply(batch).await {
+            *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            return Err(e);
+        }
+        state.finished.push(*id);
+        state.pending = None;
+        self.unsettled.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// `[kind(1) table(1) row_len(4) row value_len(4) value]...`; kind 0 puts, 1 deletes.
+pub(super) fn encode(batch: &[Mutation]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in batch {
+        let (kind, table, row, value): (u8, Table, &[u8], &[u8]) = match m {
+            Mutation::Put { table, row, value } => (0, *table, row, value),
+            Mutation::Delete { table, row } => (1, *table, row, &[]),
+        };
+        out.push(kind);
+        out.push(table as u8);
+        out.extend_from_slice(&(row.len() as u32).to_be_bytes());
+        out.extend_from_slice(row);
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn decode(mut b: &[u8]) -> Result<Vec<Mutation>, StoreError> {
+    let bad = || StoreError::Corrupt("unreadable row in the HBase intent log".into());
+    let take = |n: usize, b: &mut &[u8]| -> Result<Vec<u8>, StoreError> {
+        let (head, rest) = b.split_at_checked(n).ok_or_else(bad)?;
+        *b = rest;
+        Ok(head.to_vec())
+    };
+    let mut batch = Vec::new();
+    while !b.is_empty() {
+        let head = take(2, &mut b)?;
+        let table = *Table::ALL.get(usize::from(head[1])).ok_or_else(bad)?;
+        let len = u32::from_be_bytes(take(4, &mut b)?.try_into().map_err(|_| bad())?);
+        let row = take(len as usize, &mut b)?;
+        let len = u32::from_be_bytes(take(4, &mut b)?.try_into().map_err(|_| bad())?);
+        let value = take(len as usize, &mut b)?;
+        batch.push(match head[0] {
+            0 => Mutation::Put {
+                table,
+                row,
+                value: value.into(),
+            },
+            1 => Mutation::Delete { table, row },
+            _ => return Err(bad()),
+        });
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_garbage_is_corrupt() {
+        let batch = vec![
+            Mutation::Put {
+                table: Table::Messages,
+                row: b"conv\x00\x01".to_vec(),
+                value: bytes::Bytes::from_static(b"{\"m\":1}"),
+            },
+            Mutation::Delete {
+                table: Table::Outbox,
+                row: vec![0xff; 16],
+            },
+            Mutation::Put {
+                table: Table::Counters,
+                row: Vec::new(),
+                value: bytes::Bytes::new(),
+            },
+        ];
+        let encoded = encode(&batch);
+        assert_eq!(decode(&encoded).expect("decodes"), batch);
+        // A torn cell never decodes into mutations that were not written.
+        for cut in 1..encoded.len() {
+            if let Ok(prefix) = decode(&encoded[..cut]) {
+                assert!(
+                    prefix.len() < batch.len() && batch.starts_with(&prefix),
+                    "cut at {cut}"
+                );
+            }
+        }
+        let mut wrong_table = encoded.clone();
+        wrong_table[1] = 200;
+        assert!(decode(&wrong_table).is_err());
+    }
+}

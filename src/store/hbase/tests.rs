@@ -1,0 +1,178 @@
+//! The store contract against a real HBase. These tests need the Thrift
+//! server that `tests/hbase/start.sh` starts; `tests/hbase/run-tests.sh`
+//! runs them (one at a time: they share one set of tables, emptied before
+//! each test).
+
+use super::*;
+use crate::store::contract::store_contract_tests;
+
+/// The Thrift server to test against, from `CARRIER_TEST_HBASE`.
+pub(crate) fn thrift_addr() -> String {
+    std::env::var("CARRIER_TEST_HBASE")
+        .expect("CARRIER_TEST_HBASE=127.0.0.1:PORT names the HBase Thrift server (tests/hbase/run-tests.sh sets it)")
+}
+
+fn config(prefix: &str) -> HbaseConfig {
+    HbaseConfig {
+        thrift: thrift_addr(),
+        table_prefix: prefix.to_owned(),
+        ..HbaseConfig::default()
+    }
+}
+
+/// The contract's tables, emptied.
+async fn empty_store() -> (HbaseStore, ()) {
+    let store = HbaseStore::open(&config("carrier_contract_"), *b"contract")
+        .await
+        .expect("open HBase store");
+    let intent_deletes: Vec<BatchMutation> = intent_rows(&store)
+        .await
+        .into_iter()
+        .map(|row| BatchMutation {
+            row: Some(row),
+            mutations: Some(vec![delete()]),
+        })
+        .collect();
+    if !intent_deletes.is_empty() {
+        let name = store.inner.intents.table().to_vec();
+        store
+            .call("mutateRows", true, move |c| {
+                c.mutate_rows(name.clone(), intent_deletes.clone(), BTreeMap::new())
+            })
+            .await
+            .expect("wipe intents");
+    }
+    let mut wipe = Vec::new();
+    for table in Table::ALL {
+        let rows = store
+            .scan_now(Scan::prefix(table, &[], usize::MAX))
+            .await
+            .expect("scan for wipe");
+        wipe.extend(
+            rows.into_iter()
+                .map(|(row, _)| Mutation::Delete { table, row }),
+        );
+    }
+    store.apply(&wipe).await.expect("wipe");
+    // Deletes hide puts stamped in the same millisecond.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    (store, ())
+}
+
+store_contract_tests!(
+    empty_store().await,
+    #[ignore = "needs a real HBase: tests/hbase/run-tests.sh"]
+);
+
+/// A batch whose rows only partly landed is finished before the store
+/// serves anything else, in the same process and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a real HBase: tests/hbase/run-tests.sh"]
+async fn a_half_written_batch_is_finished_on_reopen() {
+    let (store, ()) = empty_store().await;
+    let batch = vec![
+        Mutation::Put {
+            table: Table::Messages,
+            row: b"m".to_vec(),
+            value: Bytes::from_static(b"message"),
+        },
+        Mutation::Put {
+            table: Table::Idempotency,
+            row: b"r".to_vec(),
+            value: Bytes::from_static(b"record"),
+        },
+    ];
+    // What a crash between the intent and its rows leaves: the intent row
+    // and one of the two rows.
+    let intents = &store.inner.intents;
+    let intent = BatchMutation {
+        row: Some(intents.row(TORN)),
+        mutations: Some(vec![put(&intents::encode(&batch))]),
+    };
+    let name = intents.table().to_vec();
+    store
+        .call("mutateRows", true, move |c| {
+            c.mutate_rows(name.clone(), vec![intent.clone()], BTreeMap::new())
+        })
+        .await
+        .expect("write intent");
+    store.apply(&batch[..1]).await.expect("first row only");
+    assert_eq!(
+        store.get(Table::Idempotency, b"r").await.expect("get"),
+        None
+    );
+
+    let reopened = HbaseStore::open(&config("carrier_contract_"), *b"contract")
+        .await
+        .expect("reopen");
+    assert_eq!(
+        reopened.get(Table::Idempotency, b"r").await.expect("get"),
+        Some(Bytes::from_static(b"record")),
+        "recovery applied the rest of the batch"
+    );
+    // The log is empty once the next write has gone through.
+    reopened
+        .write(vec![Mutation::Put {
+            table: Table::Messages,
+            row: b"next".to_vec(),
+            value: Bytes::from_static(b"x"),
+        }])
+        .await
+        .expect("write");
+    let log = intent_rows(&reopened).await;
+    assert_eq!(log.len(), 1, "only the newest intent is kept: {log:?}");
+    assert_ne!(log[0], reopened.inner.intents.row(TORN));
+}
+
+/// An id above any a test run hands out by the clock.
+const TORN: u64 = u64::MAX / 2;
+
+async fn intent_rows(store: &HbaseStore) -> Vec<Vec<u8>> {
+    let name = store.inner.intents.table().to_vec();
+    let range = range::Range::of(&Scan::prefix(Table::Messages, b"contract", usize::MAX));
+    let rows = store
+        .call("scan", true, move |c| {
+            scan_rows(c, &name, &range, usize::MAX)
+        })
+        .await
+        .expect("scan intents");
+    rows.into_iter().map(|(row, _)| row).collect()
+}
+
+/// Nodes starting at once on an empty HBase both create the tables (one
+/// wins each race, the other finds it) and both can serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a real HBase: tests/hbase/run-tests.sh"]
+async fn nodes_opening_at_once_share_the_tables() {
+    let prefix = format!("carrier_open_{}_", uuid::Uuid::new_v4().simple());
+    let config = config(&prefix);
+    let (a, b) = tokio::join!(
+        HbaseStore::open(&config, *b"node-aaa"),
+        HbaseStore::open(&config, *b"node-bbb"),
+    );
+    let (a, b) = (a.expect("first node opens"), b.expect("second node opens"));
+    a.write(vec![Mutation::Put {
+        table: Table::Groups,
+        row: b"g".to_vec(),
+        value: Bytes::from_static(b"from a"),
+    }])
+    .await
+    .expect("write through a");
+    assert_eq!(
+        b.get(Table::Groups, b"g").await.expect("read through b"),
+        Some(Bytes::from_static(b"from a"))
+    );
+    let names = a
+        .call("getTableNames", true, |c| c.get_table_names())
+        .await
+        .expect("list tables");
+    let ours = names
+        .iter()
+        .filter(|n| n.starts_with(prefix.as_bytes()))
+        .count();
+    assert_eq!(
+        ours,
+        Table::ALL.len() + 1,
+        "every table once, the write log too"
+    );
+}
