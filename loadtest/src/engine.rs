@@ -68,6 +68,9 @@ pub struct Engine {
     pub counters: Counters,
     /// Sends spawned and not yet finished.
     pub inflight: AtomicU64,
+    /// When the latest ack arrived (µs since `started`): a phase's achieved
+    /// rate counts until then, not only until its last send was issued.
+    pub last_ack_us: AtomicU64,
     /// Stops every device loop.
     pub stop: CancellationToken,
     pub started: Instant,
@@ -106,6 +109,7 @@ impl Engine {
             rec: Recorder::default(),
             counters: Counters::default(),
             inflight: AtomicU64::new(0),
+            last_ack_us: AtomicU64::new(0),
             stop: CancellationToken::new(),
             started: Instant::now(),
             samples: Mutex::new(Vec::new()),
@@ -203,7 +207,7 @@ impl Engine {
             self.issue(i, due, tag);
         })
         .await;
-        let window = started.elapsed().as_secs_f64().max(seconds);
+        let sending = started.elapsed().as_secs_f64().max(seconds);
         let deadline = Instant::now() + self.settings.request_timeout + drain;
         while Instant::now() < deadline && !self.stop.is_cancelled() {
             let settled = self.inflight.load(Ordering::Relaxed) == 0;
@@ -212,6 +216,13 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Acked sends over the time from the first send to the last ack: a
+        // server that acks late does not get credit for the offered rate.
+        let last_ack = Duration::from_micros(self.last_ack_us.load(Ordering::Relaxed));
+        let acking = (self.started + last_ack)
+            .saturating_duration_since(started)
+            .as_secs_f64();
+        let window = sending.max(acking);
         let (ack, delivery) = self.rec.phase_copy(tag);
         let acked = Counters::get(&self.counters.acked) - before.1;
         PhaseOutcome {

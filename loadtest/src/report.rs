@@ -43,7 +43,7 @@ pub struct RunResult {
     pub send_seconds: f64,
     pub issued: u64,
     pub acked: u64,
-    /// Acked sends per second of the send window.
+    /// Acked sends per second, from the first send to the last ack.
     pub achieved_rate: f64,
     /// First deliveries to recipient devices, and per second.
     pub delivered: u64,

@@ -122,7 +122,6 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
                     break;
                 }
                 result.highest_held_rate = Some(rate);
-                result.rate = rate * share;
                 rate += a.step_rate;
                 tag += 1;
             }
@@ -158,6 +157,10 @@ pub fn fill(result: &mut RunResult, engine: &Arc<Engine>) {
     result.replays = Counters::get(&c.replays);
     result.receipts = Counters::get(&c.receipts);
     let secs = result.send_seconds.max(1e-9);
+    if !result.steps.is_empty() {
+        // A ramp's offered rate is the mean over its steps.
+        result.rate = result.issued as f64 / secs;
+    }
     result.achieved_rate = result.acked as f64 / secs;
     result.delivered_rate = result.delivered as f64 / secs;
     let (ack, delivery) = engine.rec.totals();

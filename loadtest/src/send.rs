@@ -75,6 +75,9 @@ impl Engine {
         {
             Ok(ack) => {
                 Counters::bump(&self.counters.acked);
+                let at = Instant::now().saturating_duration_since(self.started);
+                self.last_ack_us
+                    .fetch_max(at.as_micros() as u64, Ordering::Relaxed);
                 self.rec
                     .ack(tag, Instant::now().saturating_duration_since(due));
                 let mut expected = self.plan.expected(conv);
