@@ -123,3 +123,52 @@ pub fn write_outputs(args: &Args, result: &RunResult) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn refuses_combinations_without_honest_figures() {
+        let ok = args(&["t", "--secret", "s", "chat"]);
+        assert!(check(&ok).is_ok());
+        assert!(
+            check(&args(&["t", "chat"])).is_err(),
+            "no way to mint tokens"
+        );
+        assert!(
+            check(&args(&[
+                "t",
+                "--peer",
+                "nchan",
+                "--retry-sends",
+                "0.1",
+                "chat"
+            ]))
+            .is_err()
+        );
+        assert!(check(&args(&["t", "--peer", "nchan", "groups"])).is_err());
+        assert!(Args::try_parse_from(["t", "--cut-polls", "1.5", "chat"]).is_err());
+    }
+
+    #[test]
+    fn reads_a_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        std::fs::write(&path, format!("{a} tok-a\n\n{b}   tok-b\n")).unwrap();
+        let t = tokens(&args(&["t", "--tokens", path.to_str().unwrap(), "chat"])).unwrap();
+        let Tokens::List(list) = t else {
+            panic!("a list of tokens")
+        };
+        assert_eq!(list, vec![(a, "tok-a".to_owned()), (b, "tok-b".to_owned())]);
+        std::fs::write(&path, "not-a-uuid tok\n").unwrap();
+        assert!(tokens(&args(&["t", "--tokens", path.to_str().unwrap(), "chat"])).is_err());
+    }
+}
