@@ -15,4 +15,6 @@ for _ in $(seq 300); do
 done
 [ -n "$addr" ] || { echo "HBase did not start" >&2; exit 1; }
 ONLY="sends latency" bench/run.sh
+ONLY=latency RATE=500 bench/run.sh
 ONLY="sends latency" HBASE=$addr bench/run.sh
+ONLY=latency RATE=500 HBASE=$addr bench/run.sh

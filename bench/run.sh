@@ -5,7 +5,8 @@
 # 127.0.0.1:18080, runs each measurement, prints the figures, stops the node.
 # HBASE=127.0.0.1:PORT puts the node on that HBase Thrift server instead
 # (fresh tables per run); ONLY="sends latency" picks measurements
-# (trivial, sends, latency, idle). bench/hbase.sh runs both stores.
+# (trivial, sends, latency, idle); RATE=N sets the latency run's offered
+# sends/s (default 5000). bench/hbase.sh runs both stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin carrier --example bench
@@ -69,8 +70,9 @@ fi
 
 if want latency; then
   start
-  echo "== send-to-delivery latency: bench latency --pairs 500 --rate 5000 --seconds 10"
-  $bench --addr 127.0.0.1:18080 --secret "$secret" latency --pairs 500 --rate 5000 --seconds 10
+  rate=${RATE:-5000}
+  echo "== send-to-delivery latency: bench latency --pairs 500 --rate $rate --seconds 10"
+  $bench --addr 127.0.0.1:18080 --secret "$secret" latency --pairs 500 --rate "$rate" --seconds 10
   stop
 fi
 

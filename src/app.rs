@@ -18,7 +18,9 @@ use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
 use crate::service::clock::Clock;
 use crate::service::committer::{Committer, Watermark, Writer, clock_row};
+use crate::service::hold::HoldTimes;
 use crate::service::outbox::Outbox;
+use crate::service::rate::SendRate;
 use crate::service::waiters::Waiters;
 use crate::service::{Parts, Service, Settings};
 use crate::store::embedded::EmbeddedStore;
@@ -84,8 +86,15 @@ pub async fn serve(
             max_body: config.limits.max_body_bytes,
             default_poll: config.poll.default_timeout,
             max_poll: config.poll.max_timeout,
-            header_timeout: Duration::from_secs(30),
+            header_timeout: config.limits.header_timeout,
+            body_timeout: config.limits.body_timeout,
+            max_header_bytes: config.limits.max_header_bytes,
+            max_query_bytes: config.limits.max_query_bytes,
         },
+        holds: HoldTimes::new(config.poll.jitter_percent, config.poll.learn_cuts),
+        send_rate: SendRate::new(config.limits.send_rate, config.limits.send_burst),
+        cors: config.cors.clone(),
+        demo: config.demo.enabled,
     });
     http::serve(
         listener,

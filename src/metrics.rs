@@ -26,6 +26,7 @@ pub const ROUTES: &[&str] = &[
     "healthz",
     "readyz",
     "metrics",
+    "demo",
     "unknown",
 ];
 
@@ -47,6 +48,13 @@ pub struct Metrics {
     pub polls_abandoned: IntCounter,
     /// Polls refused because a per-user or per-node limit was reached.
     pub polls_refused: IntCounterVec,
+    /// Polls cut (connection closed) at least a second into their hold and
+    /// before it ended: the sign of a proxy's idle cut-off.
+    pub poll_cuts: IntCounter,
+    /// Polls held for less than asked because cuts were learned for the device.
+    pub poll_holds_shortened: IntCounter,
+    /// Sends refused by the per-user send rate limit.
+    pub sends_rate_limited: IntCounter,
     pub messages_accepted: IntCounter,
     pub duplicate_sends: IntCounter,
     /// Events handed to clients by polls.
@@ -113,6 +121,21 @@ impl Metrics {
                 &["limit"],
             )
             .expect("valid metric"),
+            poll_cuts: IntCounter::new(
+                "poll_cuts_total",
+                "Polls cut by their connection closing before their hold ended",
+            )
+            .expect("valid metric"),
+            poll_holds_shortened: IntCounter::new(
+                "poll_holds_shortened_total",
+                "Polls held for less than asked because the device's polls were cut before",
+            )
+            .expect("valid metric"),
+            sends_rate_limited: IntCounter::new(
+                "sends_rate_limited_total",
+                "Sends refused by the per-user send rate limit",
+            )
+            .expect("valid metric"),
             messages_accepted: IntCounter::new(
                 "messages_accepted_total",
                 "Messages stored and acknowledged",
@@ -173,6 +196,9 @@ impl Metrics {
             Box::new(self.poll_wait_seconds.clone()),
             Box::new(self.polls_abandoned.clone()),
             Box::new(self.polls_refused.clone()),
+            Box::new(self.poll_cuts.clone()),
+            Box::new(self.poll_holds_shortened.clone()),
+            Box::new(self.sends_rate_limited.clone()),
             Box::new(self.messages_accepted.clone()),
             Box::new(self.duplicate_sends.clone()),
             Box::new(self.events_delivered.clone()),

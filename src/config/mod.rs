@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod edge;
 mod secret;
+pub use edge::{CorsConfig, DemoConfig};
 use secret::{generated_secret, read_secret_file};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -34,6 +36,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[cache]`: memory given to the read caches.
     pub cache: CacheConfig,
+    /// `[cors]`: which browser origins may call the API.
+    pub cors: CorsConfig,
+    /// `[demo]`: the demo chat page at `/demo`.
+    pub demo: DemoConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -184,6 +190,12 @@ pub struct PollConfig {
     /// cut-off of the proxies in front of your clients.
     #[serde(with = "secs")]
     pub max_timeout: Duration,
+    /// Each hold is shortened by a random share of up to this many percent,
+    /// so a crowd of clients does not re-poll in lockstep.
+    pub jitter_percent: u8,
+    /// Learn, per user and device, when something in between cuts polls
+    /// before their hold ends, and hold that device's polls for less.
+    pub learn_cuts: bool,
 }
 
 impl Default for PollConfig {
@@ -191,6 +203,8 @@ impl Default for PollConfig {
         PollConfig {
             default_timeout: Duration::from_secs(25),
             max_timeout: Duration::from_secs(55),
+            jitter_percent: 10,
+            learn_cuts: true,
         }
     }
 }
@@ -229,6 +243,20 @@ pub struct LimitsConfig {
     pub max_polls_per_node: usize,
     /// Members a group may have.
     pub max_group_members: usize,
+    /// A client must send its whole request head within this time (slowloris).
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
+    /// A client must send its whole body within this time.
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; at least 1024.
+    pub max_header_bytes: usize,
+    /// Longest query string, in bytes.
+    pub max_query_bytes: usize,
+    /// Sends per second one user may make, on average; 0: no limit.
+    pub send_rate: u32,
+    /// Sends one user may make at once above the rate.
+    pub send_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -238,6 +266,12 @@ impl Default for LimitsConfig {
             max_polls_per_user: 16,
             max_polls_per_node: 100_000,
             max_group_members: 200_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_query_bytes: 4096,
+            send_rate: 0,
+            send_burst: 50,
         }
     }
 }
@@ -444,6 +478,8 @@ impl Config {
         if let Some((key, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return invalid(key, "must be greater than 0".to_owned());
         }
+
+        self.validate_edge()?;
 
         let cluster = &self.cluster;
         if cluster.node_id.trim().is_empty() {

@@ -27,6 +27,9 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("the request body is over the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The user's send rate limit; the client may retry after the wait.
+    #[error("too many sends; retry in {} s", retry_secs(*.0))]
+    RateLimited(std::time::Duration),
     #[error(transparent)]
     Service(#[from] service::Error),
 }
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::UnknownRoute => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Service(e) => match e {
                 S::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
                 S::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
@@ -85,6 +89,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
+            ApiError::RateLimited(wait) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
+            }
             _ if status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE =>
             {
@@ -94,4 +101,10 @@ impl ApiError {
         }
         response
     }
+}
+
+/// `Retry-After` is whole seconds: round up, so a client that waits it out
+/// finds a token.
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }

@@ -24,7 +24,7 @@ pub(super) async fn create(
     user: UserId,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(req, ctx.limits.max_body).await?;
+    let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let fields = Fields::parse(&body)?;
     let request = CreateGroup {
         group_id: fields.opt_id("group_id")?,
@@ -71,7 +71,7 @@ pub(super) async fn change(
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let g = group_id(id)?;
-    let body = read_body(req, ctx.limits.max_body).await?;
+    let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let fields = Fields::parse(&body)?;
     let change = ChangeMembers {
         add: fields.ids("add")?,

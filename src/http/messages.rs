@@ -17,7 +17,11 @@ pub(super) async fn send(
     user: UserId,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(req, ctx.limits.max_body).await?;
+    if let Err(wait) = ctx.send_rate.take(user) {
+        ctx.service.metrics().sends_rate_limited.inc();
+        return Err(ApiError::RateLimited(wait));
+    }
+    let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let mut fields = Fields::parse(&body)?;
     let to = match (fields.has("to"), fields.has("group_id")) {
         (true, false) => Destination::User(fields.id("to")?),

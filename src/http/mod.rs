@@ -5,6 +5,8 @@
 //! that speak nothing else.
 
 mod conversations;
+mod cors;
+mod demo;
 mod error;
 mod groups;
 mod messages;
@@ -27,7 +29,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::config::CorsConfig;
 use crate::service::Service;
+use crate::service::hold::HoldTimes;
+use crate::service::rate::SendRate;
 
 pub use error::ApiError;
 
@@ -38,6 +43,13 @@ pub struct Ctx {
     pub limits: HttpLimits,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<String>,
+    /// Poll hold times: jitter and learned cut-offs.
+    pub holds: HoldTimes,
+    /// The per-user send rate limit.
+    pub send_rate: SendRate,
+    pub cors: CorsConfig,
+    /// Whether `/demo` serves the demo chat page.
+    pub demo: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +59,12 @@ pub struct HttpLimits {
     pub max_poll: Duration,
     /// A client must send its whole request head within this time.
     pub header_timeout: Duration,
+    /// A client must send its whole body within this time.
+    pub body_timeout: Duration,
+    /// Largest request head; hyper answers `431` beyond it.
+    pub max_header_bytes: usize,
+    /// Longest query string.
+    pub max_query_bytes: usize,
 }
 
 /// Serves connections until `shutdown` fires, then waits (at most `grace`)
@@ -62,6 +80,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_timeout)
         .keep_alive(true)
+        .max_header_size(ctx.limits.max_header_bytes)
         .max_buf_size(64 * 1024);
 
     loop {

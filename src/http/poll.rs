@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
+use tokio::time::Instant;
 
 use super::Ctx;
 use super::error::ApiError;
@@ -13,6 +14,8 @@ use crate::service::poll::PollRequest;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Longest `device` name (an extension: see docs/api.md).
+const MAX_DEVICE: usize = 64;
 
 pub(super) async fn poll(
     ctx: &Ctx,
@@ -26,11 +29,35 @@ pub(super) async fn poll(
             ApiError::InvalidCursor("`cursor` is not a cursor this server issued".into())
         })?),
     };
-    let timeout = match query.number("timeout")? {
+    let requested = match query.number("timeout")? {
         None => ctx.limits.default_poll,
         Some(secs) => Duration::from_secs(secs).min(ctx.limits.max_poll),
     };
     let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let device = query.get("device").unwrap_or("");
+    if device.len() > MAX_DEVICE {
+        return Err(ApiError::field(format!(
+            "query parameter `device` is longer than {MAX_DEVICE} bytes"
+        )));
+    }
+    let parks = cursor.is_some() && !requested.is_zero();
+    let timeout = if parks {
+        let hold = ctx.holds.hold(user, device, requested, rand::random());
+        if hold.capped {
+            ctx.service.metrics().poll_holds_shortened.inc();
+        }
+        hold.duration
+    } else {
+        requested
+    };
+    let watch = parks.then(|| CutWatch {
+        ctx,
+        user,
+        device,
+        since: Instant::now(),
+        hold: timeout,
+        answered: false,
+    });
     let answer = ctx
         .service
         .poll(
@@ -41,7 +68,11 @@ pub(super) async fn poll(
                 limit,
             },
         )
-        .await?;
+        .await;
+    if let Some(watch) = watch {
+        watch.answered(matches!(&answer, Ok(a) if a.timed_out));
+    }
+    let answer = answer?;
 
     let events = json_array(&answer.events);
     let mut body = Vec::with_capacity(events.len() + 64);
@@ -55,4 +86,41 @@ pub(super) async fn poll(
         .as_bytes(),
     );
     Ok(json_response(StatusCode::OK, body.into()))
+}
+
+/// Watches one poll that may park: dropped before it answered (hyper drops
+/// the handler when the connection closes), it reports a cut.
+struct CutWatch<'a> {
+    ctx: &'a Ctx,
+    user: UserId,
+    device: &'a str,
+    since: Instant,
+    hold: Duration,
+    answered: bool,
+}
+
+impl CutWatch<'_> {
+    fn answered(mut self, timed_out: bool) {
+        self.answered = true;
+        if timed_out && self.since.elapsed() >= self.hold {
+            self.ctx.holds.held_fully(self.user, self.device);
+        }
+    }
+}
+
+impl Drop for CutWatch<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let held = self.since.elapsed();
+        if self.ctx.holds.cut(self.user, self.device, held, self.hold) {
+            self.ctx.service.metrics().poll_cuts.inc();
+            tracing::debug!(
+                held_ms = held.as_millis() as u64,
+                hold_ms = self.hold.as_millis() as u64,
+                "poll cut before its hold ended"
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub(super) async fn post(
     user: UserId,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(req, ctx.limits.max_body).await?;
+    let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let mut fields = Fields::parse(&body)?;
     let conv = fields.id("conversation_id")?;
     let up_to = fields.positive("up_to_seq")?;

@@ -2,6 +2,7 @@
 //! query parameters.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -11,10 +12,13 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-/// The whole body, refused early when it declares or reaches more than `max` bytes.
+/// The whole body, refused early when it declares or reaches more than `max`
+/// bytes, or when it has not all arrived within `within` (slow senders hold
+/// a connection and memory).
 pub(crate) async fn read_body(
     req: hyper::Request<Incoming>,
     max: usize,
+    within: Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
@@ -24,7 +28,14 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::PayloadTooLarge(max));
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let read = tokio::time::timeout(within, Limited::new(req.into_body(), max).collect()).await;
+    let Ok(read) = read else {
+        return Err(ApiError::InvalidJson(format!(
+            "the body did not arrive within {} s",
+            within.as_secs()
+        )));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
         Err(e) => Err(ApiError::InvalidJson(format!(

@@ -7,7 +7,7 @@ use hyper::{Method, Request};
 
 use super::error::ApiError;
 use super::response::Response;
-use super::{Ctx, conversations, groups, messages, ops, poll, receipts};
+use super::{Ctx, conversations, cors, demo, groups, messages, ops, poll, receipts};
 use crate::domain::UserId;
 
 /// The routes of the contract. Path parameters stay text until the
@@ -24,6 +24,8 @@ enum Route<'a> {
     Healthz,
     Readyz,
     Metrics,
+    /// A file of the demo page (an extension, off by default).
+    Demo(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -41,6 +43,8 @@ impl<'a> Route<'a> {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
+            ["demo"] => Route::Demo(""),
+            ["demo", file] => Route::Demo(file),
             _ => return None,
         })
     }
@@ -59,6 +63,7 @@ impl<'a> Route<'a> {
             Route::Healthz => ("healthz", "GET"),
             Route::Readyz => ("readyz", "GET"),
             Route::Metrics => ("metrics", "GET"),
+            Route::Demo(_) => ("demo", "GET"),
         }
     }
 }
@@ -68,11 +73,24 @@ pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
     let path = req.uri().path().to_owned();
     let route = Route::of(&path);
     let name = route.as_ref().map_or("unknown", |r| r.name_and_methods().0);
-    let response = match route {
-        Some(route) => dispatch(ctx, route, req).await,
-        None => Err(ApiError::UnknownRoute),
+    let origin = cors::allowed_origin(ctx, req.headers());
+    let query_len = req.uri().query().map_or(0, str::len);
+    let preflight = route
+        .as_ref()
+        .and_then(|r| cors::preflight(ctx, req.method(), req.headers(), r.name_and_methods().1));
+    let mut response = match (route, preflight) {
+        (_, Some(preflight)) => Ok(preflight),
+        (_, None) if query_len > ctx.limits.max_query_bytes => Err(ApiError::field(format!(
+            "the query string is over the limit of {} bytes",
+            ctx.limits.max_query_bytes
+        ))),
+        (Some(route), None) => dispatch(ctx, route, req).await,
+        (None, None) => Err(ApiError::UnknownRoute),
     }
     .unwrap_or_else(ApiError::into_response);
+    if let Some(origin) = origin {
+        cors::allow(&mut response, origin);
+    }
 
     let elapsed = started.elapsed();
     tracing::debug!(
@@ -107,6 +125,7 @@ async fn dispatch(
         Route::Healthz => return Ok(ops::healthz()),
         Route::Readyz => return Ok(ops::readyz(ctx).await),
         Route::Metrics => return ops::metrics(ctx, &req),
+        Route::Demo(file) => return demo::file(ctx.demo, file),
         _ => {}
     }
     let user = authenticate(ctx, &req)?;
@@ -129,7 +148,9 @@ async fn dispatch(
         }
         Route::Members(id) => Box::pin(groups::change(ctx, user, id, req)).await,
         Route::Receipts => Box::pin(receipts::post(ctx, user, req)).await,
-        Route::Healthz | Route::Readyz | Route::Metrics => Err(ApiError::UnknownRoute),
+        Route::Healthz | Route::Readyz | Route::Metrics | Route::Demo(_) => {
+            Err(ApiError::UnknownRoute)
+        }
     }
 }
 

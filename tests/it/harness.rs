@@ -303,3 +303,14 @@ impl Drop for Node {
         }
     }
 }
+
+impl Api {
+    /// A sample's value on `/metrics` (the line starting with `series `), if exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let r = self.get("/metrics", None).await;
+        let text = r.body.as_str().unwrap_or("").to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}

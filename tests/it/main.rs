@@ -6,9 +6,13 @@
 mod harness;
 
 mod api;
+mod cors;
 mod crash;
 mod errors;
 mod fuzz;
 mod groups;
 mod guarantees;
+mod holds;
+mod hostile;
+mod openapi;
 mod outage;
