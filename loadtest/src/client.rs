@@ -177,15 +177,22 @@ impl Pool {
             }
             found
         };
+        let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(conn) => conn,
-            None => {
-                let conn = Conn::open(self.target, sources).await?;
-                self.open.fetch_add(1, Ordering::Relaxed);
-                conn
-            }
+            None => self.fresh(sources).await?,
         };
-        match conn.call(request).await {
+        let mut result = conn.call(request.clone()).await;
+        if result.is_err() && was_reused {
+            // A kept-alive connection the server closed while idle (its
+            // header timeout): try once more on a new one, as HTTP clients
+            // do. Every request this pool carries is idempotent (sends by
+            // message_id, receipts, history reads).
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            conn = self.fresh(sources).await?;
+            result = conn.call(request).await;
+        }
+        match result {
             Ok(reply) => {
                 if conn.is_open() {
                     self.idle
@@ -202,6 +209,12 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    async fn fresh(&self, sources: &Sources) -> Result<Conn, ClientError> {
+        let conn = Conn::open(self.target, sources).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
     }
 
     /// Closes every idle connection.
