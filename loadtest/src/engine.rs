@@ -1,0 +1,285 @@
+//! The running load: devices parked on long polls, an open-loop stream of
+//! sends, and the books (oracle + issue times) both sides write into.
+//! Scenarios drive it in phases (one for `chat`, one per step for `ramp`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::client::{Conn, Pool, Sources};
+use crate::oracle::{Counts, Oracle};
+use crate::plan::Plan;
+use crate::schedule::open_loop;
+use crate::stats::{Counters, Recorder, Sample};
+use crate::target::Target;
+
+/// Knobs of a run that the engine needs (from the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Seconds a poll asks the server to park it.
+    pub poll_timeout: u64,
+    /// Fraction of polls cut (connection dropped) at a random moment.
+    pub cut_polls: f64,
+    /// Fraction of acked sends sent again with the same message_id.
+    pub retry_sends: f64,
+    /// Fraction of received messages a recipient marks read.
+    pub read_receipts: f64,
+    /// Bytes of padding in each message body.
+    pub body_bytes: usize,
+    /// Connections for sends, at most.
+    pub send_conns: usize,
+    /// A send or setup request without an answer by then is an error.
+    pub request_timeout: Duration,
+    /// Connections opened at once while devices start.
+    pub connect_concurrency: usize,
+}
+
+/// What the oracle needs beside itself: when each send was due and who
+/// sent it (to time deliveries to the other members' devices).
+#[derive(Debug)]
+pub struct Meta {
+    pub due: Instant,
+    pub sender: usize,
+}
+
+#[derive(Debug)]
+pub struct Books {
+    pub oracle: Oracle,
+    pub meta: HashMap<Uuid, Meta>,
+}
+
+/// One run's shared state; tasks hold it through an `Arc`.
+pub struct Engine {
+    pub target: Target,
+    pub sources: Sources,
+    pub pool: Pool,
+    pub plan: Plan,
+    pub settings: Settings,
+    pub books: Mutex<Books>,
+    pub rec: Recorder,
+    pub counters: Counters,
+    /// Sends spawned and not yet finished.
+    pub inflight: AtomicU64,
+    /// When the latest ack arrived (µs since `started`): a phase's achieved
+    /// rate counts until then, not only until its last send was issued.
+    pub last_ack_us: AtomicU64,
+    /// Stops every device loop.
+    pub stop: CancellationToken,
+    pub started: Instant,
+    pub samples: Mutex<Vec<Sample>>,
+    /// Padding of message bodies.
+    pub pad: String,
+}
+
+/// The figures of one phase.
+#[derive(Debug)]
+pub struct PhaseOutcome {
+    pub rate: f64,
+    pub seconds: f64,
+    pub issued: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub ack: Histogram<u64>,
+    pub delivery: Histogram<u64>,
+    pub lost: u64,
+}
+
+impl Engine {
+    pub fn new(target: Target, sources: Sources, plan: Plan, settings: Settings) -> Arc<Engine> {
+        let devices = plan.devices.len();
+        Arc::new(Engine {
+            pool: Pool::new(target.addr, settings.send_conns),
+            target,
+            sources,
+            plan,
+            pad: "x".repeat(settings.body_bytes),
+            settings,
+            books: Mutex::new(Books {
+                oracle: Oracle::new(devices),
+                meta: HashMap::new(),
+            }),
+            rec: Recorder::default(),
+            counters: Counters::default(),
+            inflight: AtomicU64::new(0),
+            last_ack_us: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+            started: Instant::now(),
+            samples: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn books(&self) -> MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens every device's connection, takes its head cursor, and starts
+    /// its poll loop. Returns once all are polling (or failed to start).
+    pub async fn start_devices(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+        let gate = Arc::new(Semaphore::new(self.settings.connect_concurrency.max(1)));
+        let mut starting = JoinSet::new();
+        for d in 0..self.plan.devices.len() {
+            let engine = self.clone();
+            let gate = gate.clone();
+            starting.spawn(async move {
+                let _permit = gate.acquire_owned().await.ok();
+                engine
+                    .start_device(d)
+                    .await
+                    .map(|(conn, cursor)| (d, conn, cursor))
+            });
+        }
+        let mut failed = 0u64;
+        let mut first_error = None;
+        while let Some(done) = starting.join_next().await {
+            match done {
+                Ok(Ok((d, conn, cursor))) => {
+                    let engine = self.clone();
+                    tasks.spawn(async move { engine.device_loop(d, conn, cursor).await });
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(anyhow::anyhow!("device task: {e}"));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.context(format!("{failed} devices could not start"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn start_device(&self, d: usize) -> anyhow::Result<(Conn, String)> {
+        let mut last = None;
+        for attempt in 0..5u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            match self.try_start_device(d).await {
+                Ok(started) => return Ok(started),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("device {d} did not start")))
+    }
+
+    async fn try_start_device(&self, d: usize) -> anyhow::Result<(Conn, String)> {
+        let mut conn = Conn::open(self.target.addr, &self.sources).await?;
+        let who = &self.plan.users[self.plan.devices[d].user];
+        let Some(head) = self.target.head(who) else {
+            return Ok((conn, String::new()));
+        };
+        let reply = tokio::time::timeout(self.settings.request_timeout, conn.call(head?))
+            .await
+            .map_err(|_| anyhow::anyhow!("head poll timed out"))??;
+        let (_, cursor) = self.target.parse_poll(&reply, "")?;
+        Ok((conn, cursor))
+    }
+
+    /// Sends at `rate` for `seconds`, tagging the sends `tag`, then waits
+    /// (up to `drain`) until every acked message has reached every device.
+    pub async fn phase(
+        self: &Arc<Self>,
+        rate: f64,
+        seconds: f64,
+        tag: u32,
+        drain: Duration,
+    ) -> PhaseOutcome {
+        let before = (
+            0,
+            Counters::get(&self.counters.acked),
+            Counters::get(&self.counters.send_errors) + Counters::get(&self.counters.poll_errors),
+        );
+        let stop = self.stop.clone();
+        let started = Instant::now();
+        let issued = open_loop(rate, Duration::from_secs_f64(seconds), &stop, |i, due| {
+            self.issue(i, due, tag);
+        })
+        .await;
+        let sending = started.elapsed().as_secs_f64().max(seconds);
+        let deadline = Instant::now() + self.settings.request_timeout + drain;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            let settled = self.inflight.load(Ordering::Relaxed) == 0;
+            if settled && self.books().oracle.outstanding() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Acked sends over the time from the first send to the last ack: a
+        // server that acks late does not get credit for the offered rate.
+        let last_ack = Duration::from_micros(self.last_ack_us.load(Ordering::Relaxed));
+        let acking = (self.started + last_ack)
+            .saturating_duration_since(started)
+            .as_secs_f64();
+        let window = sending.max(acking);
+        let (ack, delivery) = self.rec.phase_copy(tag);
+        let acked = Counters::get(&self.counters.acked) - before.1;
+        PhaseOutcome {
+            rate,
+            seconds: window,
+            issued,
+            acked,
+            errors: Counters::get(&self.counters.send_errors)
+                + Counters::get(&self.counters.poll_errors)
+                - before.2,
+            ack,
+            delivery,
+            lost: self.books().oracle.lost_with_tag(tag),
+        }
+    }
+
+    /// Samples the counters once a second until stopped.
+    pub async fn sampler(self: Arc<Self>, every: Duration, on_sample: impl Fn(&Engine, &Sample)) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        let mut last = (0u64, 0u64, 0u64, Instant::now());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let now = Instant::now();
+            let dt = (now - last.3).as_secs_f64().max(1e-3);
+            let c = &self.counters;
+            let (issued, acked, delivered) = (
+                Counters::get(&c.issued),
+                Counters::get(&c.acked),
+                Counters::get(&c.delivered),
+            );
+            let (p50, p99, p999) = self.rec.take_interval();
+            let sample = Sample {
+                t: (now - self.started).as_secs_f64(),
+                issued_per_s: (issued - last.0) as f64 / dt,
+                acked_per_s: (acked - last.1) as f64 / dt,
+                delivered_per_s: (delivered - last.2) as f64 / dt,
+                errors: Counters::get(&c.send_errors) + Counters::get(&c.poll_errors),
+                parked: Counters::get(&c.parked),
+                p50_ms: p50,
+                p99_ms: p99,
+                p999_ms: p999,
+            };
+            on_sample(&self, &sample);
+            self.samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(sample);
+            last = (issued, acked, delivered, now);
+        }
+    }
+
+    /// Final verdict counts (after the history check).
+    pub fn verdict(&self) -> Counts {
+        self.books().oracle.finish()
+    }
+}

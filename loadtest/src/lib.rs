@@ -1,0 +1,38 @@
+//! carrier-loadtest: drives a Carrier node (or an Nchan peer) like real chat
+//! clients, measures latency without coordinated omission, and gives a
+//! correctness verdict.
+//!
+//! # Layout
+//!
+//! - [`run`]: from parsed options to a result. [`cli`]: the options. [`plan`]: users, devices, conversations.
+//! - [`target`]: the one place that speaks Carrier's or Nchan's protocol.
+//! - [`client`]: raw hyper HTTP/1.1 connections and the send pool.
+//! - [`schedule`]: the open-loop, wall-clock scheduler.
+//! - [`engine`] (+ [`device`], [`send`]): the running load and its books.
+//! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
+//! - [`stats`]: histograms and time series. [`report`], [`html`]: output.
+//! - [`scenario`], [`idle`]: what each scenario does. [`workers`]: runs
+//!   past one process's open-files limit. [`limits`]: RLIMIT_NOFILE.
+
+pub mod cli;
+pub mod client;
+pub mod device;
+pub mod engine;
+pub mod html;
+pub mod idle;
+pub mod limits;
+pub mod oracle;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod schedule;
+pub mod send;
+pub mod stats;
+pub mod target;
+pub mod wire;
+pub mod workers;
+
+#[cfg(test)]
+mod e2e_tests;

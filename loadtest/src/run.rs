@@ -1,0 +1,174 @@
+//! From parsed options to a result: checks, tokens, one process or
+//! several, and the output files.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use carrier::auth::Auth;
+use uuid::Uuid;
+
+use crate::cli::{Args, Scenario};
+use crate::plan::Tokens;
+use crate::report::RunResult;
+use crate::target::Peer;
+use crate::{html, idle, limits, scenario, workers};
+
+/// Combinations that cannot give honest figures.
+pub fn check(args: &Args) -> Result<(), String> {
+    if args.peer == Peer::Nchan {
+        if args.retry_sends > 0.0 {
+            return Err("--retry-sends needs idempotent sends; Nchan has none".into());
+        }
+        if matches!(args.scenario, Scenario::Groups(_)) {
+            return Err("groups: Nchan has no per-member mailboxes (use fanout)".into());
+        }
+    }
+    if args.peer == Peer::Carrier
+        && args.config.is_none()
+        && args.secret.is_none()
+        && args.tokens.is_none()
+    {
+        return Err("give --config FILE, --secret TEXT or --tokens FILE to make tokens".into());
+    }
+    if args.seconds <= 0.0 || args.max_seconds == 0 {
+        return Err("--seconds and --max-seconds must be positive".into());
+    }
+    Ok(())
+}
+
+pub fn tokens(args: &Args) -> anyhow::Result<Tokens> {
+    if args.peer == Peer::Nchan {
+        return Ok(Tokens::None);
+    }
+    if let Some(path) = &args.config {
+        let config = carrier::config::Config::load(Some(path))?;
+        return Ok(Tokens::Mint(Auth::new(&config.secret()?)));
+    }
+    if let Some(secret) = &args.secret {
+        return Ok(Tokens::Mint(Auth::new(secret.as_bytes())));
+    }
+    if let Some(path) = &args.tokens {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let list = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (user, token) = l
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| anyhow::anyhow!("token line without a user id: {l}"))?;
+                Ok((Uuid::parse_str(user)?, token.trim().to_owned()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!list.is_empty(), "{} holds no tokens", path.display());
+        return Ok(Tokens::List(list));
+    }
+    anyhow::bail!("no way to make tokens")
+}
+
+/// Runs the scenario; `None` for a worker (it printed its result).
+pub async fn run(args: &Args) -> anyhow::Result<Option<RunResult>> {
+    let limit = limits::raise_nofile().context("raising the open-files limit")?;
+    let tokens = tokens(args)?;
+    if let Some(spec) = &args.worker {
+        let (index, count) = workers::parse(spec)?;
+        let result = run_here(args, &tokens, index, count).await?;
+        workers::emit_result(result);
+        return Ok(None);
+    }
+    let n = workers::needed(args, limits::sockets_per_process(limit));
+    let bound = Duration::from_secs(args.max_seconds);
+    let result = if n > 1 {
+        workers::run(args, n).await?
+    } else {
+        match tokio::time::timeout(bound, run_here(args, &tokens, 0, 1)).await {
+            Ok(result) => result?,
+            Err(_) => RunResult {
+                scenario: args.scenario.name().into(),
+                aborted: Some(format!(
+                    "the run took longer than --max-seconds {}",
+                    args.max_seconds
+                )),
+                ..RunResult::default()
+            },
+        }
+    };
+    Ok(Some(result))
+}
+
+/// One process's share (`index` of `count`) of the run.
+pub async fn run_here(
+    args: &Args,
+    tokens: &Tokens,
+    index: usize,
+    count: usize,
+) -> anyhow::Result<RunResult> {
+    match &args.scenario {
+        Scenario::Idle(a) => {
+            let polls = a.polls / count + usize::from(index < a.polls % count);
+            idle::run(args, a, tokens, polls, count == 1).await
+        }
+        _ => scenario::run(args, tokens, 1.0 / count as f64).await,
+    }
+}
+
+pub fn write_outputs(args: &Args, result: &RunResult) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, html::render(result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn refuses_combinations_without_honest_figures() {
+        let ok = args(&["t", "--secret", "s", "chat"]);
+        assert!(check(&ok).is_ok());
+        assert!(
+            check(&args(&["t", "chat"])).is_err(),
+            "no way to mint tokens"
+        );
+        assert!(
+            check(&args(&[
+                "t",
+                "--peer",
+                "nchan",
+                "--retry-sends",
+                "0.1",
+                "chat"
+            ]))
+            .is_err()
+        );
+        assert!(check(&args(&["t", "--peer", "nchan", "groups"])).is_err());
+        assert!(Args::try_parse_from(["t", "--cut-polls", "1.5", "chat"]).is_err());
+    }
+
+    #[test]
+    fn reads_a_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        std::fs::write(&path, format!("{a} tok-a\n\n{b}   tok-b\n")).unwrap();
+        let t = tokens(&args(&["t", "--tokens", path.to_str().unwrap(), "chat"])).unwrap();
+        let Tokens::List(list) = t else {
+            panic!("a list of tokens")
+        };
+        assert_eq!(list, vec![(a, "tok-a".to_owned()), (b, "tok-b".to_owned())]);
+        std::fs::write(&path, "not-a-uuid tok\n").unwrap();
+        assert!(tokens(&args(&["t", "--tokens", path.to_str().unwrap(), "chat"])).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The scenarios that send: `chat`, `groups`, `fanout` (one phase each) and
+//! `ramp` (one phase per step). Each builds a plan, sets up groups, parks
+//! every device, sends, drains, checks history and returns the figures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::cli::{Args, Scenario};
+use crate::client::Sources;
+use crate::engine::{Engine, Settings};
+use crate::plan::{Plan, Tokens};
+use crate::progress::Progress;
+use crate::report::{RunResult, Step};
+use crate::stats::{Counters, Percentiles, Recorded};
+use crate::target::{Target, history_page};
+
+/// Members per group-creation or member-adding request.
+const MEMBERS_PER_REQUEST: usize = 1000;
+
+pub fn settings(args: &Args) -> Settings {
+    Settings {
+        poll_timeout: args.poll_timeout,
+        cut_polls: args.cut_polls,
+        retry_sends: args.retry_sends,
+        read_receipts: args.read_receipts,
+        body_bytes: args.body_bytes,
+        send_conns: args.send_conns,
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        connect_concurrency: args.connect_concurrency,
+    }
+}
+
+/// Runs a sending scenario of `args` with `share` of its users and rate
+/// (1.0 in one process; 1/n in each of n workers).
+pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<RunResult> {
+    let mut target = Target::new(args.target, args.peer);
+    target.sender_copy = args.nchan_sender_copy;
+    let scale = |n: usize| ((n as f64 * share).round() as usize).max(2);
+    let (plan, rate) = match &args.scenario {
+        Scenario::Chat(a) => (
+            Plan::chat(tokens, scale(a.users), a.devices),
+            a.rate * share,
+        ),
+        Scenario::Ramp(a) => (
+            Plan::chat(tokens, scale(a.users), a.devices),
+            a.start_rate * share,
+        ),
+        Scenario::Groups(a) => (
+            Plan::groups(tokens, scale(a.groups * a.size), a.size, a.devices),
+            a.rate * share,
+        ),
+        Scenario::Fanout(a) => (Plan::fanout(tokens, a.members, a.devices), a.rate),
+        Scenario::Idle(_) => anyhow::bail!("idle is not a sending scenario"),
+    };
+    let engine = Engine::new(
+        target,
+        Sources::new(args.target, args.sources),
+        plan,
+        settings(args),
+    );
+    let mut result = RunResult {
+        scenario: args.scenario.name().into(),
+        peer: format!("{:?}", args.peer).to_lowercase(),
+        target: args.target.to_string(),
+        users: engine.plan.users.len() as u64,
+        devices: engine.plan.devices.len() as u64,
+        conversations: engine.plan.convs.len() as u64,
+        workers: 1,
+        rate,
+        allow_copy_reorder: args.allow_copy_reorder,
+        ..RunResult::default()
+    };
+
+    let progress = Progress::new(args.quiet || args.worker.is_some());
+    progress.say(&format!(
+        "setting up {} users, {} devices, {} conversations",
+        result.users, result.devices, result.conversations
+    ));
+    create_groups(&engine).await?;
+    let mut devices = JoinSet::new();
+    engine.start_devices(&mut devices).await?;
+    let sampler = {
+        let engine = engine.clone();
+        let progress = progress.clone();
+        let worker = args.worker.is_some();
+        tokio::spawn(engine.sampler(Duration::from_secs(1), move |e, s| {
+            progress.sample(e, s);
+            if worker {
+                crate::workers::emit_progress(e, s);
+            }
+        }))
+    };
+
+    let drain = Duration::from_secs(args.drain);
+    match &args.scenario {
+        Scenario::Ramp(a) => {
+            let mut rate = a.start_rate;
+            let mut tag = 0;
+            while rate <= a.max_rate + 1e-9 && !engine.stop.is_cancelled() {
+                progress.say(&format!("ramp step {rate:.0} sends/s"));
+                let p = engine.phase(rate * share, a.step_seconds, tag, drain).await;
+                let delivery = Percentiles::of(&p.delivery);
+                let achieved = p.acked as f64 / p.seconds;
+                let held = p.errors == 0
+                    && p.lost == 0
+                    && delivery.p99_ms <= a.slo_p99_ms
+                    && achieved >= 0.95 * p.rate;
+                result.steps.push(Step {
+                    rate,
+                    achieved_rate: achieved / share,
+                    errors: p.errors,
+                    lost: p.lost,
+                    delivery,
+                    ack: Percentiles::of(&p.ack),
+                    held,
+                });
+                result.send_seconds += p.seconds;
+                if !held {
+                    break;
+                }
+                result.highest_held_rate = Some(rate);
+                rate += a.step_rate;
+                tag += 1;
+            }
+        }
+        _ => {
+            progress.say("sending");
+            let p = engine.phase(rate, args.seconds, 0, drain).await;
+            result.send_seconds = p.seconds;
+        }
+    }
+
+    progress.say("checking history");
+    result.history_checked = check_history(&engine, args.history_check).await;
+    engine.stop.cancel();
+    let _ = sampler.await;
+    devices.shutdown().await;
+    engine.pool.close();
+    progress.finish();
+    fill(&mut result, &engine);
+    Ok(result)
+}
+
+/// Copies the engine's counters, histograms and verdict into `result`.
+pub fn fill(result: &mut RunResult, engine: &Arc<Engine>) {
+    let c = &engine.counters;
+    result.issued = Counters::get(&c.issued);
+    result.acked = Counters::get(&c.acked);
+    result.delivered = Counters::get(&c.delivered);
+    result.send_errors = Counters::get(&c.send_errors);
+    result.poll_errors = Counters::get(&c.poll_errors);
+    result.polls = Counters::get(&c.polls);
+    result.cut_polls = Counters::get(&c.cut_polls);
+    result.replays = Counters::get(&c.replays);
+    result.receipts = Counters::get(&c.receipts);
+    let secs = result.send_seconds.max(1e-9);
+    if !result.steps.is_empty() {
+        // A ramp's offered rate is the mean over its steps.
+        result.rate = result.issued as f64 / secs;
+    }
+    result.achieved_rate = result.acked as f64 / secs;
+    result.delivered_rate = result.delivered as f64 / secs;
+    let (ack, delivery) = engine.rec.totals();
+    result.ack = Percentiles::of(&ack);
+    result.delivery = Percentiles::of(&delivery);
+    result.ack_histogram = Recorded::of(&ack);
+    result.delivery_histogram = Recorded::of(&delivery);
+    result.samples = engine
+        .samples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    result.verdict = engine.verdict();
+    result.judge();
+}
+
+/// Creates every group of the plan (Carrier only: an Nchan channel exists
+/// once someone subscribes or publishes).
+async fn create_groups(engine: &Arc<Engine>) -> anyhow::Result<()> {
+    if !engine.target.ordered() {
+        return Ok(());
+    }
+    let timeout = engine.settings.request_timeout;
+    for conv in engine.plan.convs.iter().filter(|c| c.group) {
+        let owner = &engine.plan.users[conv.members[0]];
+        let ids: Vec<uuid::Uuid> = conv
+            .members
+            .iter()
+            .map(|&m| engine.plan.users[m].user)
+            .collect();
+        for (i, chunk) in ids.chunks(MEMBERS_PER_REQUEST).enumerate() {
+            let request = if i == 0 {
+                engine.target.create_group(owner, conv.id, chunk)?
+            } else {
+                engine.target.add_members(owner, conv.id, chunk)?
+            };
+            let reply = engine.pool.call(&engine.sources, request, timeout).await?;
+            anyhow::ensure!(
+                reply.status.is_success(),
+                "creating group {}: status {} {}",
+                conv.id,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads back the whole history of up to `limit` conversations and has the
+/// oracle compare it with what was delivered live. Returns how many were
+/// checked.
+async fn check_history(engine: &Arc<Engine>, limit: usize) -> u64 {
+    if !engine.target.ordered() {
+        return 0;
+    }
+    let mut checked = 0;
+    for conv in engine.plan.convs.iter().take(limit) {
+        let who = &engine.plan.users[conv.members[0]];
+        let mut all = Vec::new();
+        let mut before = None;
+        let complete = loop {
+            let Ok(request) = engine.target.history(who, conv.id, before) else {
+                break false;
+            };
+            let page = match engine
+                .pool
+                .call(&engine.sources, request, engine.settings.request_timeout)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| history_page(&r).context("history page"))
+            {
+                Ok(page) => page,
+                Err(_) => break false,
+            };
+            let oldest = page.iter().filter_map(|m| m.seq).min();
+            let done = page.is_empty() || oldest.is_none_or(|s| s <= 1);
+            all.extend(page);
+            if done {
+                break true;
+            }
+            before = oldest;
+        };
+        if !complete {
+            Counters::bump(&engine.counters.send_errors);
+            engine.books().oracle.history_unread();
+            continue;
+        }
+        engine.books().oracle.check_history(conv.id, &all);
+        checked += 1;
+    }
+    checked
+}

@@ -1,0 +1,156 @@
+//! The send side: each scheduled send is booked with the oracle before it
+//! goes out (a poll may return it before its ack does), then sent on a
+//! pooled connection without anyone waiting for it. With `--retry-sends`
+//! a fraction of acked sends is sent again with the same `message_id`, and
+//! the replay must answer the identical message.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::engine::{Engine, Meta};
+use crate::oracle::body_hash;
+use crate::stats::Counters;
+use crate::target::{Ack, Dest};
+
+/// Why a send failed.
+#[derive(Debug)]
+enum SendFailure {
+    /// No answer (connect error, timeout, closed connection).
+    Request,
+    /// An answer that is not an ack, with its status.
+    Rejected(u16),
+}
+
+impl Engine {
+    /// Issues send number `i`, due at `due` (never waits).
+    pub fn issue(self: &Arc<Self>, i: u64, due: Instant, tag: u32) {
+        let n = self.plan.convs.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let conv_index = (i % n) as usize;
+        let conv = &self.plan.convs[conv_index];
+        // Round robin over conversations, and over each one's members.
+        let turn = (i / n) as usize;
+        let sender = conv.members[(turn + conv_index) % conv.members.len()];
+        let message_id = Uuid::new_v4();
+        let body = json!({"i": i, "from": sender, "pad": self.pad});
+        let hash = body_hash(&body.to_string());
+        {
+            let mut books = self.books();
+            books.oracle.issued(message_id, conv.id, hash, tag);
+            books.meta.insert(message_id, Meta { due, sender });
+        }
+        Counters::bump(&self.counters.issued);
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let engine = self.clone();
+        let dest = self.plan.dest(conv, sender);
+        tokio::spawn(async move {
+            engine
+                .send(conv_index, sender, dest, message_id, body, due, tag)
+                .await;
+            engine.inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        conv_index: usize,
+        sender: usize,
+        dest: Dest,
+        message_id: Uuid,
+        body: serde_json::Value,
+        due: Instant,
+        tag: u32,
+    ) {
+        let conv = &self.plan.convs[conv_index];
+        match self
+            .send_once(sender, dest, message_id, conv.id, &body)
+            .await
+        {
+            Ok(ack) => {
+                Counters::bump(&self.counters.acked);
+                let at = Instant::now().saturating_duration_since(self.started);
+                self.last_ack_us
+                    .fetch_max(at.as_micros() as u64, Ordering::Relaxed);
+                self.rec
+                    .ack(tag, Instant::now().saturating_duration_since(due));
+                let mut expected = self.plan.expected(conv);
+                if !conv.group && !self.target.copies_to_sender() {
+                    expected -= self.plan.per_user as u32;
+                }
+                self.books()
+                    .oracle
+                    .acked(message_id, ack.seq, ack.prev, expected);
+                if rand::random::<f64>() < self.settings.retry_sends {
+                    self.replay(sender, dest, message_id, conv.id, &body, &ack)
+                        .await;
+                }
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.send_errors);
+                self.books().oracle.unacked();
+            }
+        }
+    }
+
+    /// A client that lost the ack sends the same thing again: the answer
+    /// must be the same message, marked as replayed, and nothing new stored
+    /// (the oracle sees a second copy as a duplicate under a new seq).
+    async fn replay(
+        &self,
+        sender: usize,
+        dest: Dest,
+        message_id: Uuid,
+        conversation: Uuid,
+        body: &serde_json::Value,
+        first: &Ack,
+    ) {
+        Counters::bump(&self.counters.replays);
+        match self
+            .send_once(sender, dest, message_id, conversation, body)
+            .await
+        {
+            Ok(again) if again.message == first.message && again.replayed => {}
+            // Another message, or a conflict: the server forgot or changed it.
+            Ok(_) | Err(SendFailure::Rejected(409)) => self.books().oracle.replay_mismatch(),
+            // No answer, or "come back later" (429, 503): an error, not a
+            // wrong answer.
+            Err(_) => Counters::bump(&self.counters.send_errors),
+        }
+    }
+
+    async fn send_once(
+        &self,
+        sender: usize,
+        dest: Dest,
+        message_id: Uuid,
+        conversation: Uuid,
+        body: &serde_json::Value,
+    ) -> Result<Ack, SendFailure> {
+        let who = &self.plan.users[sender];
+        let requests = self
+            .target
+            .send(who, dest, message_id, conversation, body)
+            .map_err(|_| SendFailure::Request)?;
+        let mut ack = None;
+        for request in requests {
+            let reply = self
+                .pool
+                .call(&self.sources, request, self.settings.request_timeout)
+                .await
+                .map_err(|_| SendFailure::Request)?;
+            let this = self
+                .target
+                .parse_ack(&reply)
+                .map_err(|_| SendFailure::Rejected(reply.status.as_u16()))?;
+            ack.get_or_insert(this);
+        }
+        ack.ok_or(SendFailure::Request)
+    }
+}
