@@ -98,14 +98,14 @@ done
 
 for rate in 1000 5000 10000 20000; do
     start_carrier
-    run "chat-$rate-carrier" carrier --allow-copy-reorder --seconds 10 chat --users 10000 --rate "$rate"
+    run "chat-$rate-carrier" carrier --seconds 10 chat --users 10000 --rate "$rate"
     start_nchan
     run "chat-$rate-nchan" nchan --seconds 10 chat --users 10000 --rate "$rate"
 done
 
 ramp=(ramp --users 10000 --start-rate 2500 --step-rate 2500 --max-rate 30000 --step-seconds 5 --slo-p99-ms 100)
 start_carrier
-run ramp-carrier carrier --allow-copy-reorder --drain 5 "${ramp[@]}"
+run ramp-carrier carrier --drain 5 "${ramp[@]}"
 start_nchan
 run ramp-nchan nchan --drain 5 "${ramp[@]}"
 

@@ -82,7 +82,6 @@ async fn run(node: &Node, extra: &[&str]) -> RunResult {
         "--quiet",
         "--poll-timeout",
         "5",
-        "--allow-copy-reorder",
         "--drain",
         "5",
         "--sources",
@@ -116,8 +115,7 @@ async fn a_short_chat_against_a_real_node_is_clean() {
     .await;
     node.shutdown().await;
     assert!(r.clean, "{}", r.table());
-    // Recipients see strict seq order; the senders' own copies are only
-    // tolerated out of order (see --allow-copy-reorder).
+    // Every device, the senders' own included, sees strict seq order.
     assert_eq!(r.verdict.reordered, 0, "{}", r.table());
     assert_eq!(r.issued, 600);
     assert_eq!(r.acked, r.issued, "{}", r.table());
