@@ -145,7 +145,7 @@ impl Default for HbaseConfig {
         HbaseConfig {
             thrift: "127.0.0.1:9090".to_owned(),
             table_prefix: "carrier_".to_owned(),
-            pool_size: 32,
+            pool_size: 64,
             connect_timeout: Duration::from_millis(1000),
             call_timeout: Duration::from_millis(5000),
             max_idle: Duration::from_secs(30),

@@ -153,6 +153,11 @@ impl Service {
     }
 
     pub async fn create_group(&self, owner: UserId, req: CreateGroup) -> Result<GroupInfo> {
+        let this = self.clone();
+        super::detached(async move { this.create_group_now(owner, req).await }).await
+    }
+
+    async fn create_group_now(&self, owner: UserId, req: CreateGroup) -> Result<GroupInfo> {
         let g = req.group_id.unwrap_or_else(|| GroupId(Uuid::new_v4()));
         let lock = self.inner.sequencer.lock(ConversationId::from(g)).await;
         if let Some(existing) = self.group_state_locked(g, &lock).await? {
@@ -223,6 +228,16 @@ impl Service {
     }
 
     pub async fn change_members(
+        &self,
+        actor: UserId,
+        g: GroupId,
+        change: ChangeMembers,
+    ) -> Result<GroupInfo> {
+        let this = self.clone();
+        super::detached(async move { this.change_members_now(actor, g, change).await }).await
+    }
+
+    async fn change_members_now(
         &self,
         actor: UserId,
         g: GroupId,

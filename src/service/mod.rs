@@ -87,6 +87,21 @@ impl From<serde_json::Error> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Runs a change to its end even if the caller stops waiting. A client
+/// that disconnects makes hyper drop its request's future; a commit already
+/// queued still lands, so what the node keeps in memory about it (the
+/// sequencer's head, the group cache) must be updated too, or the next send
+/// reuses the seq and overwrites the message. Found by the load tester.
+async fn detached<T, F>(change: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    tokio::spawn(change)
+        .await
+        .map_err(|e| Error::Internal(format!("a change stopped half-way: {e}")))?
+}
+
 /// The service handle. Cloning is shallow.
 #[derive(Clone)]
 pub struct Service {

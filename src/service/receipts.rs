@@ -24,6 +24,17 @@ impl Service {
         up_to: Seq,
         kind: ReceiptKind,
     ) -> Result<()> {
+        let this = self.clone();
+        super::detached(async move { this.receipt_now(user, conv, up_to, kind).await }).await
+    }
+
+    async fn receipt_now(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        up_to: Seq,
+        kind: ReceiptKind,
+    ) -> Result<()> {
         let (meta, membership) = self.membership(user, conv).await?;
         let mut lock = self.inner.sequencer.lock(conv).await;
         self.load_head(conv, &mut lock).await?;

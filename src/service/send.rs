@@ -128,6 +128,11 @@ pub(crate) fn message_event(message: &[u8]) -> Bytes {
 
 impl Service {
     pub async fn send(&self, sender: UserId, req: SendRequest) -> Result<Sent> {
+        let this = self.clone();
+        super::detached(async move { this.send_now(sender, req).await }).await
+    }
+
+    async fn send_now(&self, sender: UserId, req: SendRequest) -> Result<Sent> {
         let accepted = Instant::now();
         let fingerprint = fingerprint(&req)?;
         let _claim = self.inner.claims.lock((sender, req.message_id)).await;

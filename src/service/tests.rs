@@ -51,8 +51,8 @@ struct Device {
     seen: Vec<MessageId>,
 }
 
-/// The message ids in `events` that a user receives directly (not its own
-/// copies of what it sent, which come later through the outbox).
+/// The message ids in `events` that a user receives from others (and notes
+/// to self), leaving out its own copies of what it sent to others.
 fn received(
     events: &[bytes::Bytes],
     me: UserId,
@@ -206,4 +206,138 @@ proptest! {
             .unwrap()
             .block_on(run(ops));
     }
+}
+
+/// An embedded store whose writes wait at a gate while it is closed.
+struct GatedWrites {
+    inner: EmbeddedStore,
+    open: tokio::sync::watch::Sender<bool>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for GatedWrites {
+    async fn get(
+        &self,
+        table: crate::store::Table,
+        row: &[u8],
+    ) -> Result<Option<bytes::Bytes>, crate::store::StoreError> {
+        self.inner.get(table, row).await
+    }
+    async fn scan(
+        &self,
+        scan: crate::store::Scan,
+    ) -> Result<Vec<crate::store::Row>, crate::store::StoreError> {
+        self.inner.scan(scan).await
+    }
+    async fn write(
+        &self,
+        batch: Vec<crate::store::Mutation>,
+    ) -> Result<(), crate::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut open = self.open.subscribe();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = open.wait_for(|open| *open).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.write(batch).await
+    }
+    async fn check_and_put(
+        &self,
+        table: crate::store::Table,
+        row: &[u8],
+        expected: Option<&[u8]>,
+        value: bytes::Bytes,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.inner.check_and_put(table, row, expected, value).await
+    }
+    async fn increment(
+        &self,
+        table: crate::store::Table,
+        row: &[u8],
+        delta: i64,
+    ) -> Result<i64, crate::store::StoreError> {
+        self.inner.increment(table, row, delta).await
+    }
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// Regression (found by the load tester): a client that gave up on a send
+/// while its commit was in flight left the sequencer's head behind the
+/// store, and the next send took the same seq and overwrote the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_abandoned_mid_commit_does_not_give_its_seq_away() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedWrites {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        open: tokio::sync::watch::channel(true).0,
+        waiting: Default::default(),
+    });
+    let node = Node::start(&Config::default(), store.clone())
+        .await
+        .unwrap();
+    let (alice, bob) = (UserId(Uuid::new_v4()), UserId(Uuid::new_v4()));
+    let send = |id: MessageId| {
+        let svc = node.service.clone();
+        async move {
+            let req = SendRequest {
+                message_id: id,
+                to: Destination::User(bob),
+                body: json!("hi"),
+                prev_message_id: None,
+            };
+            svc.send(alice, req).await
+        }
+    };
+    let ids: Vec<MessageId> = (0..3).map(|_| MessageId(Uuid::new_v4())).collect();
+    send(ids[0]).await.unwrap();
+
+    store.open.send_replace(false);
+    let abandoned = tokio::spawn(send(ids[1]));
+    for _ in 0..500 {
+        if store.waiting.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        store.waiting.load(Ordering::SeqCst) > 0,
+        "the send reached the store"
+    );
+    // What hyper does when the client disconnects: drop the request's future.
+    abandoned.abort();
+    let _ = abandoned.await;
+    store.open.send_replace(true);
+
+    let third: Value = serde_json::from_slice(&send(ids[2]).await.unwrap().message).unwrap();
+    let conv = ConversationId::direct(alice, bob);
+    let page = node
+        .service
+        .history(bob, conv, 10, Window::Newest { offset: 0 })
+        .await
+        .unwrap();
+    let stored: Vec<(u64, String)> = page
+        .iter()
+        .rev()
+        .map(|m| {
+            let m: Value = serde_json::from_slice(m).unwrap();
+            (
+                m["seq"].as_u64().unwrap(),
+                m["message_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (i as u64 + 1, id.0.to_string()))
+        .collect();
+    assert_eq!(
+        stored, want,
+        "the abandoned send kept seq 2; the next got 3"
+    );
+    assert_eq!(third["seq"], 3);
+    node.shutdown().await;
 }

@@ -126,19 +126,11 @@ async fn a_storage_outage_answers_503_and_recovers_without_a_restart() {
         !refused.is_empty(),
         "sends need HBase, so the outage refuses some"
     );
-    let history = node
-        .get(
-            &format!(
-                "/v1/conversations/{}/messages",
-                acked_conversation(&alice, &bob)
-            ),
-            Some(&alice.token),
-        )
-        .await;
+    let refused_read = history(&node, &alice, &bob).await;
     assert_eq!(
-        history.status,
+        refused_read.status,
         StatusCode::SERVICE_UNAVAILABLE,
-        "{history:?}"
+        "{refused_read:?}"
     );
     let ready = node.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
@@ -207,15 +199,7 @@ async fn a_storage_outage_answers_503_and_recovers_without_a_restart() {
     let got: BTreeSet<String> = delivered.iter().cloned().collect();
     assert_eq!(got, want, "exactly the acknowledged messages reach bob");
 
-    let history = node
-        .get(
-            &format!(
-                "/v1/conversations/{}/messages?limit=500",
-                acked_conversation(&alice, &bob)
-            ),
-            Some(&bob.token),
-        )
-        .await;
+    let history = history(&node, &bob, &alice).await;
     let messages = history.body["messages"].as_array().expect("history");
     let seqs: Vec<u64> = messages
         .iter()
@@ -237,6 +221,12 @@ async fn a_storage_outage_answers_503_and_recovers_without_a_restart() {
     );
 }
 
-fn acked_conversation(a: &User, b: &User) -> String {
-    carrier::domain::ConversationId::direct(a.id, b.id).to_string()
+/// The whole direct conversation of `reader` and `peer`, as `reader` reads it.
+async fn history(node: &Node, reader: &User, peer: &User) -> Reply {
+    let conv = carrier::domain::ConversationId::direct(reader.id, peer.id);
+    node.get(
+        &format!("/v1/conversations/{conv}/messages?limit=500"),
+        Some(&reader.token),
+    )
+    .await
 }

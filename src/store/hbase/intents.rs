@@ -5,8 +5,10 @@
 //! If applying fails part-way, or the outcome is unknown (a timeout), the
 //! batch stays *pending*: before this store serves any other read or write
 //! it applies the batch again (every mutation is idempotent) until it has
-//! landed. If the process dies instead, [`Intents::recover`] applies it at
-//! the next start, before the node serves.
+//! landed (writing its log row again first when that write was the one
+//! that failed: rows are applied only once their log row is stored). If
+//! the process dies instead, [`Intents::recover`] applies it at the next
+//! start, before the node serves.
 //!
 //! So a batch a caller was told failed may still land, but never partly,
 //! and always before anything that follows it: the service treats a failed
@@ -50,7 +52,15 @@ struct State {
     /// Intent rows whose batches have fully landed, to delete.
     finished: Vec<u64>,
     /// A batch that may be partly applied.
-    pending: Option<(u64, Vec<Mutation>)>,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    id: u64,
+    batch: Vec<Mutation>,
+    /// Whether its log row is known to be stored. Rows are applied only
+    /// once it is, so a crash never leaves a torn batch without its log.
+    logged: bool,
 }
 
 impl Intents {
@@ -131,25 +141,37 @@ impl Intents {
     ) -> Result<(), StoreError> {
         let id = state.next_id;
         state.next_id += 1;
-        let intent = BatchMutation {
+        // From here on the outcome may be unknown.
+        state.pending = Some(Pending {
+            id,
+            batch,
+            logged: false,
+        });
+        self.finish(store, state).await
+    }
+
+    /// Stores the pending batch's log row, deleting finished ones with it.
+    async fn log(
+        &self,
+        store: &HbaseStore,
+        id: u64,
+        batch: &[Mutation],
+        finished: &[u64],
+    ) -> Result<(), StoreError> {
+        let mut rows = vec![BatchMutation {
             row: Some(self.row(id)),
-            mutations: Some(vec![put(&encode(&batch))]),
-        };
-        let mut rows = vec![intent];
-        rows.extend(state.finished.iter().map(|old| BatchMutation {
+            mutations: Some(vec![put(&encode(batch))]),
+        }];
+        rows.extend(finished.iter().map(|old| BatchMutation {
             row: Some(self.row(*old)),
             mutations: Some(vec![delete()]),
         }));
-        // From here on the outcome may be unknown.
-        state.pending = Some((id, batch));
         let name = self.table.clone();
         store
             .call("mutateRows", true, move |c| {
                 c.mutate_rows(name.clone(), rows.clone(), Default::default())
             })
-            .await?;
-        state.finished.clear();
-        self.finish(store, state).await
+            .await
     }
 
     /// Applies a batch that failed, if one is pending, before anything
@@ -172,15 +194,30 @@ impl Intents {
         self.finish(store, &mut state).await
     }
 
+    /// Logs the pending batch (unless its log row is known to be stored)
+    /// and applies it.
     async fn finish(&self, store: &HbaseStore, state: &mut State) -> Result<(), StoreError> {
-        let Some((id, batch)) = &state.pending else {
+        let Some(pending) = &mut state.pending else {
             return Ok(());
         };
-        if let Err(e) = store.apply(batch).await {
+        let mut result = Ok(());
+        if !pending.logged {
+            result = self
+                .log(store, pending.id, &pending.batch, &state.finished)
+                .await;
+            if result.is_ok() {
+                pending.logged = true;
+                state.finished.clear();
+            }
+        }
+        if result.is_ok() {
+            result = store.apply(&pending.batch).await;
+        }
+        if let Err(e) = result {
             *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             return Err(e);
         }
-        state.finished.push(*id);
+        state.finished.push(pending.id);
         state.pending = None;
         self.unsettled.store(false, Ordering::Release);
         Ok(())

@@ -142,7 +142,9 @@ impl Pool {
             }
             Err(e) => {
                 drop(client);
-                if !(retry && reused) {
+                // A dead idle connection fails at once; a call that timed
+                // out would only time out again, doubling the wait.
+                if !(retry && reused) || timed_out(&e) {
                     return Err(CallError::Thrift(e));
                 }
                 tracing::debug!(error = %e, "a pooled HBase connection was broken; dialling again");
@@ -221,6 +223,19 @@ impl Pool {
                 true,
             ),
         ))
+    }
+}
+
+/// Whether `e` is a socket read or write timeout (which Linux reports as
+/// EAGAIN, and the thrift crate as an unknown transport error).
+fn timed_out(e: &thrift::Error) -> bool {
+    match e {
+        thrift::Error::Transport(t) => {
+            t.kind == thrift::TransportErrorKind::TimedOut
+                || t.message.contains("os error 11")
+                || t.message.contains("timed out")
+        }
+        _ => false,
     }
 }
 
