@@ -146,7 +146,7 @@ impl Default for HbaseConfig {
             thrift: "127.0.0.1:9090".to_owned(),
             table_prefix: "carrier_".to_owned(),
             pool_size: 64,
-            connect_timeout: Duration::from_millis(1000),
+            connect_timeout: Duration::from_millis(3000),
             call_timeout: Duration::from_millis(5000),
             max_idle: Duration::from_secs(30),
         }

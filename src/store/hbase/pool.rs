@@ -30,6 +30,10 @@ pub(super) type Client = HbaseSyncClient<Input, Output>;
 const READ_BUFFER: usize = 64 * 1024;
 /// Write buffer per connection: a group commit is one large `mutateRows`.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Connections dialled at once. A burst of dials (a cold pool under load)
+/// overflows the Thrift server's accept backlog; a dropped SYN is resent
+/// only after a second, past the connect timeout.
+const DIALS_AT_ONCE: usize = 8;
 
 /// Why a call did not return a result.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub(super) struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// One permit per call in flight; `settings.size` in all.
     permits: Arc<Semaphore>,
+    /// One permit per dial in progress.
+    dials: Arc<Semaphore>,
     /// Time per Thrift method, for docs/benchmarks.md's "where the time goes".
     seconds: HistogramVec,
 }
@@ -71,6 +77,7 @@ impl Pool {
     pub(super) fn new(settings: Settings, seconds: HistogramVec) -> Pool {
         Pool {
             permits: Arc::new(Semaphore::new(settings.size)),
+            dials: Arc::new(Semaphore::new(DIALS_AT_ONCE)),
             idle: Mutex::new(Vec::with_capacity(settings.size)),
             settings,
             seconds,
@@ -98,13 +105,23 @@ impl Pool {
             .await
             .map_err(|_| CallError::Busy(timeout))?
             .map_err(|_| CallError::Busy(timeout))?;
-        let pool = self.clone();
         let started = Instant::now();
+        let idle = self.checkout();
+        let dial = match idle {
+            Some(_) => None,
+            None => Some(
+                tokio::time::timeout(timeout, self.dials.clone().acquire_owned())
+                    .await
+                    .map_err(|_| CallError::Busy(timeout))?
+                    .map_err(|_| CallError::Busy(timeout))?,
+            ),
+        };
+        let pool = self.clone();
         // The blocking thread keeps the permit until it really ends, so a
         // call abandoned at its deadline still counts against the pool.
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            pool.run(retry, f)
+            pool.run(retry, idle, dial, f)
         });
         // Sockets time out on their own; this bounds a call made of several
         // reads (a scan) and the dial before it.
@@ -125,11 +142,17 @@ impl Pool {
     fn run<T>(
         &self,
         retry: bool,
+        idle: Option<Client>,
+        dial: Option<tokio::sync::OwnedSemaphorePermit>,
         f: impl Fn(&mut Client) -> thrift::Result<T>,
     ) -> Result<T, CallError> {
-        let (mut client, reused) = match self.checkout() {
+        let (mut client, reused) = match idle {
             Some(client) => (client, true),
-            None => (self.dial()?, false),
+            None => {
+                let dialled = self.dial();
+                drop(dial);
+                (dialled?, false)
+            }
         };
         match f(&mut client) {
             Ok(v) => {
