@@ -58,17 +58,7 @@ pub async fn run(
     let before = if sample { rss_kib(&a.server_pids)? } else { 0 };
     progress.say(&format!("parking {polls} polls"));
     let mut devices = JoinSet::new();
-    let sampler = {
-        let engine = engine.clone();
-        let progress = progress.clone();
-        let worker = args.worker.is_some();
-        tokio::spawn(engine.sampler(Duration::from_secs(1), move |e, s| {
-            progress.sample(e, s);
-            if worker {
-                crate::workers::emit_progress(e, s);
-            }
-        }))
-    };
+    let sampler = progress.follow(&engine, args.worker.is_some());
     engine.start_devices(&mut devices).await?;
     wait_parked(
         &engine,

@@ -1,6 +1,7 @@
 //! The live progress line (indicatif): elapsed, send rate, parked polls,
 //! p99 so far, errors. Drawn on stderr, and only on a terminal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,6 +33,18 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_message(what.to_owned());
         }
+    }
+
+    /// Samples `engine` once a second until it stops: into this line, and,
+    /// in a worker process, onto stdout for the parent to merge.
+    pub fn follow(&self, engine: &Arc<Engine>, worker: bool) -> tokio::task::JoinHandle<()> {
+        let progress = self.clone();
+        tokio::spawn(engine.clone().sampler(Duration::from_secs(1), move |e, s| {
+            progress.sample(e, s);
+            if worker {
+                crate::workers::emit_progress(e, s);
+            }
+        }))
     }
 
     pub fn sample(&self, engine: &Engine, s: &Sample) {

@@ -82,17 +82,7 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
     create_groups(&engine).await?;
     let mut devices = JoinSet::new();
     engine.start_devices(&mut devices).await?;
-    let sampler = {
-        let engine = engine.clone();
-        let progress = progress.clone();
-        let worker = args.worker.is_some();
-        tokio::spawn(engine.sampler(Duration::from_secs(1), move |e, s| {
-            progress.sample(e, s);
-            if worker {
-                crate::workers::emit_progress(e, s);
-            }
-        }))
-    };
+    let sampler = progress.follow(&engine, args.worker.is_some());
 
     let drain = Duration::from_secs(args.drain);
     match &args.scenario {

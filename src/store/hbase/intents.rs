@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::{BatchMutation, HbaseStore, THbaseSyncClient, delete, put};
-use crate::store::{Mutation, Scan, StoreError, Table};
+use crate::store::{Mutation, Row, StoreError, Table};
 
 /// The log's table name, after the deployment prefix.
 pub(super) const TABLE: &str = "intents_by_node_seq";
@@ -85,17 +85,21 @@ impl Intents {
         row
     }
 
-    /// Finishes the batch a previous run of this node left unfinished.
-    pub(super) async fn recover(&self, store: &HbaseStore) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
-        let scan = Scan::prefix(Table::Messages, &self.node_key, usize::MAX);
+    /// This node's log rows, oldest first.
+    pub(super) async fn rows(&self, store: &HbaseStore) -> Result<Vec<Row>, StoreError> {
         let name = self.table.clone();
-        let range = super::range::Range::of(&scan);
-        let rows = store
+        let range = super::range::Range::prefix(&self.node_key);
+        store
             .call("scan", true, move |c| {
                 super::scan_rows(c, &name, &range, usize::MAX)
             })
-            .await?;
+            .await
+    }
+
+    /// Finishes the batch a previous run of this node left unfinished.
+    pub(super) async fn recover(&self, store: &HbaseStore) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let rows = self.rows(store).await?;
         let mut newest = 0;
         if let Some((row, cell)) = rows.last() {
             newest = crate::store::keys::trailing_u64(row).unwrap_or(0);

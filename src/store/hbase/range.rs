@@ -69,6 +69,17 @@ impl Range {
         range
     }
 
+    /// Every row whose key starts with `prefix`, in key order.
+    pub(super) fn prefix(prefix: &[u8]) -> Range {
+        Range {
+            start: Some(prefix.to_vec()),
+            stop: crate::store::keys::prefix_end(prefix),
+            reverse: false,
+            skip: None,
+            floor: None,
+        }
+    }
+
     /// Rows to ask for beyond the limit, to make up for `skip`.
     pub(super) fn extra(&self) -> usize {
         usize::from(self.skip.is_some())

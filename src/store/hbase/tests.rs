@@ -128,14 +128,7 @@ async fn a_half_written_batch_is_finished_on_reopen() {
 const TORN: u64 = u64::MAX / 2;
 
 async fn intent_rows(store: &HbaseStore) -> Vec<Vec<u8>> {
-    let name = store.inner.intents.table().to_vec();
-    let range = range::Range::of(&Scan::prefix(Table::Messages, b"contract", usize::MAX));
-    let rows = store
-        .call("scan", true, move |c| {
-            scan_rows(c, &name, &range, usize::MAX)
-        })
-        .await
-        .expect("scan intents");
+    let rows = store.inner.intents.rows(store).await.expect("scan intents");
     rows.into_iter().map(|(row, _)| row).collect()
 }
 
