@@ -5,12 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::cluster::{self, Cluster};
 use crate::config::{Backend, Config, ConfigError};
 use crate::domain::{MessageId, UserId};
 use crate::http::{self, Ctx, HttpLimits};
@@ -19,7 +19,8 @@ use crate::service::cache::{HistoryCache, MailboxCache};
 use crate::service::clock::Clock;
 use crate::service::committer::{Committer, Watermark, Writer, clock_row};
 use crate::service::hold::HoldTimes;
-use crate::service::outbox::Outbox;
+use crate::service::outbox::{Deliveries, Outbox};
+use crate::service::takeover::Takeover;
 use crate::service::rate::SendRate;
 use crate::service::waiters::Waiters;
 use crate::service::{Parts, Service, Settings};
@@ -148,6 +149,7 @@ pub struct Node {
     closing: CancellationToken,
     committer: JoinHandle<()>,
     outbox: JoinHandle<()>,
+    ring: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -162,6 +164,15 @@ impl Node {
                 .map_err(|e| StoreError::Unavailable(format!("store metrics: {e}")))?;
         }
         let node_key = node_key(&config.cluster.node_id);
+        // Nodes sign their pushes with the shared secret; a single node
+        // never pushes, and does not need one here.
+        let secret = if config.cluster.is_multi_node() {
+            config.secret()?
+        } else {
+            Vec::new()
+        };
+        let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
+        let deliveries = Arc::new(Deliveries::default());
         let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
             Some(b) => u64::from_be_bytes(
                 b.as_ref()
@@ -194,6 +205,8 @@ impl Node {
             arrivals: arrivals.clone(),
             outbox_kick: outbox_kick.clone(),
             metrics: metrics.clone(),
+            cluster: cluster.clone(),
+            deliveries: deliveries.clone(),
         });
         let stop = CancellationToken::new();
         let service = Service::new(Parts {
@@ -207,7 +220,23 @@ impl Node {
             watermark: watermark.clone(),
             settings: Settings::from_config(config),
             shutdown: stop.clone(),
+            cluster: cluster.clone(),
         });
+        metrics.ring_live_nodes.set(cluster.peers().len() as i64);
+        let ring = vec![
+            tokio::spawn(cluster::probe::run(cluster.clone(), stop.clone())),
+            tokio::spawn(
+                Takeover {
+                    service: service.clone(),
+                    store: store.clone(),
+                    committer: committer.clone(),
+                    metrics: metrics.clone(),
+                    cluster: cluster.clone(),
+                    deliveries: deliveries.clone(),
+                }
+                .run(stop.clone()),
+            ),
+        ];
         let outbox = tokio::spawn(
             Outbox {
                 store,
@@ -215,7 +244,9 @@ impl Node {
                 node_key,
                 kick: outbox_kick,
                 metrics,
-                watermark,
+                watermark: Some(watermark),
+                cluster,
+                deliveries,
             }
             .run(stop.clone()),
         );
@@ -225,6 +256,7 @@ impl Node {
             closing,
             committer: committer_task,
             outbox,
+            ring,
         })
     }
 
@@ -234,15 +266,13 @@ impl Node {
         self.stop.cancel();
         self.service.wake_all();
         let _ = self.outbox.await;
+        for task in self.ring {
+            let _ = task.await;
+        }
         self.closing.cancel();
         let _ = self.committer.await;
     }
 }
 
 /// This node's 8-byte key in shared tables (the outbox, node state).
-pub fn node_key(node_id: &str) -> [u8; 8] {
-    let digest = Sha256::digest(node_id.as_bytes());
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    key
-}
+pub use crate::cluster::node_key;

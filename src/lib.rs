@@ -19,6 +19,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;

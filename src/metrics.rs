@@ -67,6 +67,18 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     /// Outbox entries written but not yet applied.
     pub outbox_depth: IntGauge,
+    /// Requests this node passed to the node owning them.
+    pub requests_forwarded: IntCounter,
+    /// Direct sends acknowledged before the recipient's owner took its
+    /// copy (it stays in the durable outbox until it does).
+    pub sends_acked_before_delivery: IntCounter,
+    /// Seqs the conversation counter was ahead of this node's head by: two
+    /// nodes sequenced one conversation, or a seq went unused.
+    pub seq_fence_skips: IntCounter,
+    /// Pushed events dropped as repeats of ones already in the mailbox.
+    pub pushed_repeats: IntCounter,
+    /// Peers (this node included) in the ring this node serves by.
+    pub ring_live_nodes: IntGauge,
 }
 
 impl Metrics {
@@ -146,6 +158,31 @@ impl Metrics {
                 "Sends answered from an earlier identical send",
             )
             .expect("valid metric"),
+            requests_forwarded: IntCounter::new(
+                "requests_forwarded_total",
+                "Requests passed to the node that owns their user or conversation",
+            )
+            .expect("valid metric"),
+            sends_acked_before_delivery: IntCounter::new(
+                "sends_acked_before_delivery_total",
+                "Direct sends acknowledged before the recipient's node took the copy (still in the outbox)",
+            )
+            .expect("valid metric"),
+            seq_fence_skips: IntCounter::new(
+                "seq_fence_skips_total",
+                "Times a conversation's seq counter was ahead of this node's head",
+            )
+            .expect("valid metric"),
+            pushed_repeats: IntCounter::new(
+                "pushed_repeats_total",
+                "Events pushed by a peer and dropped as repeats of recent ones",
+            )
+            .expect("valid metric"),
+            ring_live_nodes: IntGauge::new(
+                "ring_live_nodes",
+                "Nodes in the ring this node routes requests by, itself included",
+            )
+            .expect("valid metric"),
             events_delivered: IntCounter::new(
                 "events_delivered_total",
                 "Events handed to clients by polls",
@@ -207,6 +244,11 @@ impl Metrics {
             Box::new(self.cache_hits.clone()),
             Box::new(self.cache_misses.clone()),
             Box::new(self.outbox_depth.clone()),
+            Box::new(self.requests_forwarded.clone()),
+            Box::new(self.sends_acked_before_delivery.clone()),
+            Box::new(self.seq_fence_skips.clone()),
+            Box::new(self.pushed_repeats.clone()),
+            Box::new(self.ring_live_nodes.clone()),
         ];
         for c in collectors {
             self.registry

@@ -160,6 +160,22 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Every node of the ring, this one included; empty for a single node.
     pub peers: Vec<PeerConfig>,
+    /// Time between two health probes of each peer.
+    #[serde(with = "millis")]
+    pub probe_interval: Duration,
+    /// A probe not answered within this time failed.
+    #[serde(with = "millis")]
+    pub probe_timeout: Duration,
+    /// Failed probes in a row before a peer leaves the ring.
+    pub down_after: u32,
+    /// How long a send waits for the node owning a recipient's mailbox to
+    /// take the recipient's copy before it answers anyway (the copy stays
+    /// in the durable outbox until it lands).
+    #[serde(with = "millis")]
+    pub remote_wait: Duration,
+    /// How long a forwarded request (other than a long poll) may take.
+    #[serde(with = "millis")]
+    pub forward_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -167,7 +183,19 @@ impl Default for ClusterConfig {
         ClusterConfig {
             node_id: "n1".to_owned(),
             peers: Vec::new(),
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(500),
+            down_after: 2,
+            remote_wait: Duration::from_millis(3000),
+            forward_timeout: Duration::from_millis(10_000),
         }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether other nodes share the store with this one.
+    pub fn is_multi_node(&self) -> bool {
+        self.peers.len() > 1
     }
 }
 
@@ -504,6 +532,31 @@ impl Config {
                     ),
                 );
             }
+            let mut addrs = HashSet::new();
+            if let Some(peer) = cluster.peers.iter().find(|p| !addrs.insert(p.addr)) {
+                return invalid(
+                    "cluster.peers",
+                    format!("the address {} appears more than once", peer.addr),
+                );
+            }
+            if cluster.is_multi_node() && self.storage.backend != Backend::Hbase {
+                return invalid(
+                    "storage.backend",
+                    "several cluster.peers need backend = \"hbase\": nodes share one store".to_owned(),
+                );
+            }
+        }
+        for (key, value) in [
+            ("cluster.probe_interval", cluster.probe_interval),
+            ("cluster.probe_timeout", cluster.probe_timeout),
+            ("cluster.forward_timeout", cluster.forward_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be greater than 0".to_owned());
+            }
+        }
+        if cluster.down_after == 0 {
+            return invalid("cluster.down_after", "must be greater than 0".to_owned());
         }
         Ok(())
     }

@@ -25,6 +25,13 @@ pub enum ApiError {
     UnknownRoute,
     #[error("this route accepts {0} only")]
     MethodNotAllowed(&'static str),
+    /// The node owning the request could not be reached, or disagrees
+    /// about who owns it (the ring is changing).
+    #[error("{0}")]
+    PeerUnavailable(String),
+    /// An internal call without a valid signature.
+    #[error("bad or missing signature")]
+    BadSignature,
     #[error("the request body is over the limit of {0} bytes")]
     PayloadTooLarge(usize),
     /// The user's send rate limit; the client may retry after the wait.
@@ -50,6 +57,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::PeerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BadSignature => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Service(e) => match e {
                 S::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
                 S::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
@@ -60,9 +69,10 @@ impl ApiError {
                 }
                 S::PrevMissing => (StatusCode::CONFLICT, "prev_missing"),
                 S::TooManyPolls(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-                S::Unavailable(_) | S::ShuttingDown => {
+                S::Unavailable(_) | S::ShuttingDown | S::Rejoining => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
+                S::NotOwner => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),
                 S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }

@@ -77,6 +77,11 @@ impl MailboxCache {
         self.tails.get(user)
     }
 
+    /// Drops every tail (the ring changed: another node may have appended).
+    pub fn clear(&self) {
+        self.tails.clear();
+    }
+
     /// Drops a tail that may have fallen behind the store.
     pub fn forget(&self, user: &UserId) {
         self.tails.remove(user);
@@ -160,6 +165,11 @@ impl HistoryCache {
     }
 
     /// Drops a page that may have fallen behind the store.
+    /// Drops every page (the ring changed).
+    pub fn clear(&self) {
+        self.pages.clear();
+    }
+
     pub fn forget(&self, conv: &ConversationId) {
         self.pages.remove(conv);
     }

@@ -24,12 +24,18 @@ impl Clock {
         }
     }
 
-    /// The next position.
     /// The newest position handed out (the lease it resumed from, at first).
     pub fn last(&self) -> u64 {
         self.last
     }
 
+    /// Makes every later position greater than `position` (a position
+    /// another node issued in a mailbox this node now owns).
+    pub fn raise_above(&mut self, position: u64) {
+        self.last = self.last.max(position);
+    }
+
+    /// The next position.
     pub fn tick(&mut self) -> u64 {
         self.last = now_us().max(self.last + 1);
         self.last

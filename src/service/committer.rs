@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::{HistoryCache, MailboxCache, StoredEvent};
 use super::clock::Clock;
+use super::outbox::Deliveries;
 use super::waiters::Waiters;
+use crate::cluster::Cluster;
 use crate::domain::{ConversationId, Cursor, MessageId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::store::{Mutation, Store, StoreError, Table, keys};
@@ -35,13 +37,18 @@ pub struct Commit {
     pub message: Option<(ConversationId, Seq, Bytes)>,
     /// A send to announce to pipelined sends waiting for it.
     pub arrival: Option<(UserId, MessageId)>,
+    /// The recipient whose copy the caller waits for when another node owns
+    /// its mailbox (a direct message: receiver first).
+    pub await_delivery: Option<UserId>,
 }
 
 /// What a commit became.
 #[derive(Debug)]
 pub struct Committed {
-    /// The position of each append, in order.
+    /// The position of each append this node made, in order.
     pub positions: Vec<Cursor>,
+    /// Fired when the copy for `await_delivery` reached its owner.
+    pub delivered: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct Request {
@@ -97,7 +104,23 @@ pub struct Writer {
     pub watermark: Arc<Watermark>,
     /// Fired at shutdown: take no new work, finish what is queued.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Which mailboxes this node owns; appends to others go to the outbox.
+    pub cluster: Arc<Cluster>,
+    /// Copies callers wait for, by outbox id.
+    pub deliveries: Arc<Deliveries>,
 }
+
+/// Users this node appended to since the ring last changed. Before its
+/// first append to any other user, the clock is raised above the user's
+/// newest stored position: another node may have owned the mailbox.
+#[derive(Default)]
+struct Warm {
+    epoch: u64,
+    users: std::collections::HashSet<UserId>,
+}
+
+/// Past this many users the set is emptied (at the cost of a scan each).
+const MAX_WARM: usize = 1_000_000;
 
 impl Committer {
     /// Starts the committer task; it ends when `closing` fires (or every
@@ -149,6 +172,7 @@ pub fn clock_row(node_key: [u8; 8]) -> Vec<u8> {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        let mut warm = Warm::default();
         let mut batch = Vec::with_capacity(self.max_batch);
         let closing = self.closing.clone();
         loop {
@@ -158,7 +182,20 @@ impl Writer {
                     if received == 0 {
                         break;
                     }
-                    self.commit_batch(std::mem::take(&mut batch)).await;
+                    let mut requests = std::mem::take(&mut batch);
+                    if self.cluster.is_multi_node() {
+                        match self.route(&mut requests, &mut warm).await {
+                            Ok(()) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, sends = requests.len(), "commit refused");
+                                for request in requests {
+                                    let _ = request.reply.send(Err(e.clone()));
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    self.commit_batch(requests).await;
                 }
                 // Later sends fail fast with "shutting down"; queued ones still commit.
                 _ = closing.cancelled(), if !rx.is_closed() => rx.close(),
@@ -166,9 +203,65 @@ impl Writer {
         }
     }
 
+    /// On a ring of several nodes: moves appends to mailboxes other nodes
+    /// own into the outbox, and raises the clock above the newest stored
+    /// position of each user this node appends to for the first time since
+    /// the ring changed.
+    async fn route(&mut self, requests: &mut [Request], warm: &mut Warm) -> Result<(), StoreError> {
+        if !self.cluster.fresh() {
+            return Err(StoreError::Unavailable(
+                "this node stood still and is rejoining the ring".into(),
+            ));
+        }
+        let epoch = self.cluster.serving().epoch;
+        if warm.epoch != epoch || warm.users.len() > MAX_WARM {
+            warm.epoch = epoch;
+            warm.users.clear();
+        }
+        let mut cold = Vec::new();
+        for request in requests.iter_mut() {
+            let c = &mut request.commit;
+            let appends = std::mem::take(&mut c.appends);
+            for (user, event) in appends {
+                if self.cluster.serves(user.0.as_bytes()) {
+                    if !warm.users.contains(&user) && !cold.contains(&user) {
+                        cold.push(user);
+                    }
+                    c.appends.push((user, event));
+                } else {
+                    c.outbox.push((user, event));
+                }
+            }
+        }
+        if cold.is_empty() {
+            return Ok(());
+        }
+        let mut scans = tokio::task::JoinSet::new();
+        for user in cold.iter().copied() {
+            let store = self.store.clone();
+            scans.spawn(async move {
+                store
+                    .scan(crate::store::Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
+                    .await
+            });
+        }
+        let mut newest = 0;
+        while let Some(done) = scans.join_next().await {
+            let rows = done.map_err(|e| StoreError::Unavailable(format!("a scan stopped: {e}")))??;
+            if let Some(p) = rows.first().and_then(|(row, _)| keys::trailing_u64(row)) {
+                newest = newest.max(p);
+            }
+        }
+        self.clock.raise_above(newest);
+        warm.users.extend(cold);
+        Ok(())
+    }
+
     async fn commit_batch(&mut self, mut requests: Vec<Request>) {
         let mut writes = Vec::new();
         let mut positions: Vec<Vec<u64>> = Vec::with_capacity(requests.len());
+        let mut delivered: Vec<Option<(u64, Arc<tokio::sync::Notify>)>> =
+            Vec::with_capacity(requests.len());
         let mut outbox_rows = 0;
         for request in &mut requests {
             writes.append(&mut request.commit.writes);
@@ -183,15 +276,21 @@ impl Writer {
                 });
                 mine.push(position);
             }
+            let mut notify = None;
             for (user, event) in &c.outbox {
+                let id = self.clock.tick();
+                if c.await_delivery == Some(*user) && notify.is_none() {
+                    notify = Some((id, self.deliveries.register(id)));
+                }
                 writes.push(Mutation::Put {
                     table: Table::Outbox,
-                    row: outbox_row(self.node_key, self.clock.tick()),
+                    row: outbox_row(self.node_key, id),
                     value: outbox_cell(*user, event),
                 });
                 outbox_rows += 1;
             }
             positions.push(mine);
+            delivered.push(notify);
         }
         if let Some(lease) = self.clock.renew() {
             // First in the batch: on a store without atomic batches the
@@ -211,7 +310,12 @@ impl Writer {
             .commit_batch_size
             .observe(requests.len() as f64);
         let started = Instant::now();
-        let result = self.store.write(writes).await;
+        // An empty batch (a barrier) only raises the watermark.
+        let result = if writes.is_empty() {
+            Ok(())
+        } else {
+            self.store.write(writes).await
+        };
         let durable_at = Instant::now();
         self.metrics
             .store_seconds
@@ -231,7 +335,10 @@ impl Writer {
                     self.history_cache.forget(conv);
                 }
             }
-            for request in requests {
+            for (request, notify) in requests.into_iter().zip(delivered) {
+                if let Some((id, _)) = notify {
+                    self.deliveries.remove(id);
+                }
                 let _ = request
                     .reply
                     .send(Err(StoreError::Unavailable(e.to_string())));
@@ -260,7 +367,7 @@ impl Writer {
                 self.history_cache.append(*conv, *seq, json.clone());
             }
         }
-        for (request, mine) in requests.into_iter().zip(positions) {
+        for ((request, mine), delivered) in requests.into_iter().zip(positions).zip(delivered) {
             for (user, _) in &request.commit.appends {
                 self.mailbox_waiters.wake(user);
             }
@@ -272,7 +379,10 @@ impl Writer {
                 .with_label_values(&["durable"])
                 .observe((durable_at - request.accepted_at).as_secs_f64());
             let positions = mine.into_iter().map(Cursor).collect();
-            let _ = request.reply.send(Ok(Committed { positions }));
+            let _ = request.reply.send(Ok(Committed {
+                positions,
+                delivered: delivered.map(|(_, notify)| notify),
+            }));
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct GroupCache {
 }
 
 impl GroupCache {
+    pub fn clear(&self) {
+        self.groups.clear();
+    }
+
     pub fn new() -> GroupCache {
         GroupCache {
             groups: Cache::with_weighter(1024, GROUP_CACHE_BYTES, MembersWeight),

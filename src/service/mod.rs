@@ -22,6 +22,7 @@ pub mod poll;
 pub mod rate;
 pub mod receipts;
 pub mod send;
+pub mod takeover;
 pub mod waiters;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use self::committer::{Committer, Watermark};
 use self::groups::GroupCache;
 use self::locks::KeyedLocks;
 use self::waiters::Waiters;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::domain::{ConversationId, MessageId, UserId};
 use crate::metrics::Metrics;
@@ -66,6 +68,12 @@ pub enum Error {
     Unavailable(#[source] StoreError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The node is (re)joining the ring and serves nothing until it has.
+    #[error("this node is joining the ring; retry shortly")]
+    Rejoining,
+    /// A peer pushed appends for a mailbox this node does not own.
+    #[error("this node does not own that mailbox")]
+    NotOwner,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -128,6 +136,11 @@ struct Inner {
     groups: GroupCache,
     settings: Settings,
     shutdown: CancellationToken,
+    /// The ring: who owns which user and conversation.
+    cluster: Arc<Cluster>,
+    /// One pushed batch of appends at a time, so a copy delivered twice at
+    /// once is still recognised as a repeat.
+    pushes: tokio::sync::Mutex<()>,
 }
 
 /// The knobs the service reads per request, taken from the configuration once.
@@ -158,6 +171,7 @@ pub struct Parts {
     pub watermark: Arc<Watermark>,
     pub settings: Settings,
     pub shutdown: CancellationToken,
+    pub cluster: Arc<Cluster>,
 }
 
 impl Service {
@@ -177,6 +191,8 @@ impl Service {
                 groups: GroupCache::new(),
                 settings: parts.settings,
                 shutdown: parts.shutdown,
+                cluster: parts.cluster,
+                pushes: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -185,9 +201,15 @@ impl Service {
         &self.inner.metrics
     }
 
-    /// Whether the store answers.
+    /// Whether the store answers and the node is in the ring.
     pub async fn ready(&self) -> bool {
-        !self.inner.shutdown.is_cancelled() && self.inner.store.ping().await.is_ok()
+        !self.inner.shutdown.is_cancelled()
+            && self.inner.cluster.available()
+            && self.inner.store.ping().await.is_ok()
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.inner.cluster
     }
 
     /// Answers every parked poll (shutdown).

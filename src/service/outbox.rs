@@ -1,120 +1,374 @@
-//! The outbox worker: applies the mailbox appends a commit deferred (the
-//! sender's own copy, receipts), oldest first, retrying until they land.
+//! The outbox worker: delivers the mailbox appends a commit deferred (the
+//! sender's own copy, receipts, and every copy owed to a mailbox another
+//! node owns), oldest first, retrying until they land.
 //!
-//! An entry and its removal commit together with the append, so on the
-//! embedded store each entry lands exactly once; on a store with per-row
-//! atomicity a crash in between can repeat one, which clients already
-//! de-duplicate by `message_id`.
+//! Copies for this node's mailboxes are appended through the committer,
+//! together with the removal of their entries. Copies for another node's
+//! are pushed to it (`/internal/v1/appends`, signed), then removed. Each
+//! destination gets its entries in id order, and an entry is retried
+//! before any later one to the same place, so a conversation's events
+//! reach every mailbox in seq order.
+//!
+//! On the embedded store each entry lands exactly once. Otherwise a crash
+//! or a lost answer between the delivery and the removal can deliver an
+//! entry twice; the receiving node drops an event identical to one already
+//! in the mailbox's newest events, and clients de-duplicate by
+//! `message_id` beyond that.
+//!
+//! The same worker drains a departed peer's outbox (`drain`), routing its
+//! entries to whoever owns each mailbox now.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::committer::{Commit, Committer, Watermark};
+use crate::cluster::{Cluster, Peer, Route};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
-use crate::store::{Mutation, Scan, Store, StoreError, Table, keys};
+use crate::store::{Mutation, Row, Scan, Store, StoreError, Table, keys};
 
-/// Entries applied per commit.
+/// Entries applied per round.
 const BATCH: usize = 512;
-/// Longest pause between retries while the store is failing.
+/// Longest pause between retries while the store or a peer is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Look again this often even without a kick (entries left by a crash).
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
+/// A push includes the receiving node's commit. A round waits for all its
+/// pushes, so a peer that stopped answering delays the others this long.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause after a round some of whose entries could not be delivered.
+const BLOCKED_PAUSE: Duration = Duration::from_millis(100);
+
+/// The path pushed appends are posted to.
+pub const APPENDS_PATH: &str = "/internal/v1/appends";
+/// The header carrying a push's signature.
+pub const SIGNATURE_HEADER: &str = "x-carrier-signature";
+
+/// Copies a caller waits for, by outbox id: the worker fires each once it
+/// reached its owner.
+#[derive(Default)]
+pub struct Deliveries(DashMap<u64, Arc<Notify>>);
+
+impl Deliveries {
+    pub fn register(&self, id: u64) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.0.insert(id, notify.clone());
+        notify
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.0.remove(&id);
+    }
+
+    fn delivered(&self, id: u64) {
+        if let Some((_, notify)) = self.0.remove(&id) {
+            notify.notify_one();
+        }
+    }
+}
 
 pub struct Outbox {
     pub store: Arc<dyn Store>,
     pub committer: Committer,
+    /// Whose outbox this is: this node's, or a departed peer's.
     pub node_key: [u8; 8],
     pub kick: Arc<Notify>,
     pub metrics: Arc<Metrics>,
-    /// Entries above it may still be landing, out of order.
-    pub watermark: Arc<Watermark>,
+    /// Entries above it may still be landing, out of order. `None` for a
+    /// departed peer's outbox, of which nothing is in flight.
+    pub watermark: Option<Arc<Watermark>>,
+    pub cluster: Arc<Cluster>,
+    pub deliveries: Arc<Deliveries>,
+}
+
+/// What one round did.
+struct Round {
+    handled: usize,
+    /// Some entries could not be delivered (a peer failed); they stay.
+    blocked: bool,
 }
 
 impl Outbox {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
-        let mut counted = false;
+        if let Ok(left) = self
+            .store
+            .scan(Scan::prefix(Table::Outbox, &self.node_key, usize::MAX))
+            .await
+        {
+            // Entries a previous run left behind count toward the depth.
+            self.metrics.outbox_depth.set(left.len() as i64);
+        }
         // The last row applied: new entries always sort after it, and
         // starting there skips the tombstones of applied ones.
         let mut after: Option<Vec<u8>> = None;
         while !shutdown.is_cancelled() {
-            match self.apply_some(&mut counted, &mut after).await {
-                Ok(0) => {
+            let pause = match self.round(&mut after).await {
+                Ok(Round { handled: 0, blocked: false }) => {
                     tokio::select! {
                         _ = self.kick.notified() => {}
                         _ = tokio::time::sleep(IDLE_RESCAN) => {}
                         _ = shutdown.cancelled() => {}
                     }
+                    continue;
                 }
-                Ok(_) => backoff = Duration::from_millis(50),
+                Ok(Round { blocked: false, .. }) => {
+                    backoff = Duration::from_millis(50);
+                    continue;
+                }
+                // A peer failed: its entries route elsewhere once the
+                // probes take it out of the ring, so look again soon.
+                Ok(Round { blocked: true, .. }) => BLOCKED_PAUSE,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox apply failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Delivers every entry; fails if some could not be delivered.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        let mut after = None;
+        loop {
+            let round = self.round(&mut after).await?;
+            total += round.handled;
+            if round.blocked {
+                return Err(StoreError::Unavailable(
+                    "some entries could not be delivered yet".into(),
+                ));
+            }
+            if round.handled == 0 {
+                return Ok(total);
             }
         }
     }
 
-    /// Applies the oldest entries; returns how many.
-    async fn apply_some(
-        &self,
-        counted: &mut bool,
-        after: &mut Option<Vec<u8>>,
-    ) -> Result<usize, StoreError> {
-        if !*counted {
-            // Entries a previous run left behind count toward the depth.
-            let left = self
-                .store
-                .scan(Scan::prefix(Table::Outbox, &self.node_key, usize::MAX))
-                .await?;
-            self.metrics.outbox_depth.set(left.len() as i64);
-            *counted = true;
-        }
+    async fn round(&self, after: &mut Option<Vec<u8>>) -> Result<Round, StoreError> {
         let mut scan = Scan::prefix(Table::Outbox, &self.node_key, BATCH);
         if let Some(last) = after {
             scan.start = std::ops::Bound::Excluded(last.clone());
         }
         let mut rows = self.store.scan(scan).await?;
-        let complete = self.watermark.get();
-        if let Some(cut) = rows
-            .iter()
-            .position(|(row, _)| keys::trailing_u64(row).is_none_or(|id| id > complete))
-        {
-            rows.truncate(cut);
+        if let Some(watermark) = &self.watermark {
+            let complete = watermark.get();
+            if let Some(cut) = rows
+                .iter()
+                .position(|(row, _)| keys::trailing_u64(row).is_none_or(|id| id > complete))
+            {
+                rows.truncate(cut);
+            }
         }
         if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut commit = Commit::default();
-        for (row, cell) in &rows {
-            let Some((user, event)) = cell.split_first_chunk::<16>() else {
-                tracing::error!(row = ?row, "dropping a malformed outbox entry");
-                commit.writes.push(Mutation::Delete {
-                    table: Table::Outbox,
-                    row: row.clone(),
-                });
-                continue;
-            };
-            commit.appends.push((
-                UserId(uuid::Uuid::from_bytes(*user)),
-                cell.slice(16..16 + event.len()),
-            ));
-            commit.writes.push(Mutation::Delete {
-                table: Table::Outbox,
-                row: row.clone(),
+            return Ok(Round {
+                handled: 0,
+                blocked: false,
             });
         }
-        self.committer.commit(commit).await?;
-        self.metrics.outbox_depth.sub(rows.len() as i64);
-        *after = rows.last().map(|(row, _)| row.clone());
-        Ok(rows.len())
+        let last_row = rows.last().map(|(row, _)| row.clone());
+
+        let mut local = Commit::default();
+        let mut remote: Vec<(usize, Vec<&Row>)> = Vec::new();
+        for entry in &rows {
+            let (row, cell) = entry;
+            let Some((user, _)) = cell.split_first_chunk::<16>() else {
+                tracing::error!(row = ?row, "dropping a malformed outbox entry");
+                local.writes.push(delete(row));
+                continue;
+            };
+            let user = UserId(uuid::Uuid::from_bytes(*user));
+            match self.cluster.delivery(user.0.as_bytes()) {
+                Route::Local => {
+                    local.appends.push((user, cell.slice(16..)));
+                    local.writes.push(delete(row));
+                }
+                Route::Remote(peer) => {
+                    let i = self.peer_index(peer);
+                    match remote.iter_mut().find(|(p, _)| *p == i) {
+                        Some((_, group)) => group.push(entry),
+                        None => remote.push((i, vec![entry])),
+                    }
+                }
+            }
+        }
+
+        let mut handled = 0;
+        let local_ids: Vec<u64> = rows_ids(&local.writes);
+        if !local.writes.is_empty() {
+            handled += local.writes.len();
+            self.committer.commit(local).await?;
+            for id in local_ids {
+                self.deliveries.delivered(id);
+            }
+        }
+
+        let mut pushes = tokio::task::JoinSet::new();
+        for (i, group) in remote {
+            let peer = self.cluster.peers()[i].clone();
+            let body = encode(group.iter().map(|(_, cell)| cell.as_ref()));
+            let rows: Vec<Vec<u8>> = group.iter().map(|(row, _)| row.clone()).collect();
+            let cluster = self.cluster.clone();
+            pushes.spawn(async move {
+                let result = push(&cluster, &peer, body).await;
+                (peer, rows, result)
+            });
+        }
+        let mut blocked = false;
+        let mut done = Commit::default();
+        while let Some(finished) = pushes.join_next().await {
+            let Ok((peer, rows, result)) = finished else {
+                blocked = true;
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    for row in rows {
+                        if let Some(id) = keys::trailing_u64(&row) {
+                            self.deliveries.delivered(id);
+                        }
+                        done.writes.push(Mutation::Delete {
+                            table: Table::Outbox,
+                            row,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.id, error = %e, entries = rows.len(), "push failed; will retry");
+                    blocked = true;
+                }
+            }
+        }
+        if !done.writes.is_empty() {
+            handled += done.writes.len();
+            self.committer.commit(done).await?;
+        }
+        if self.watermark.is_some() {
+            self.metrics.outbox_depth.sub(handled as i64);
+        }
+        // Entries left behind are retried before anything after them.
+        *after = if blocked { None } else { last_row };
+        Ok(Round { handled, blocked })
+    }
+
+    fn peer_index(&self, peer: &Peer) -> usize {
+        self.cluster
+            .peers()
+            .iter()
+            .position(|p| p.id == peer.id)
+            .unwrap_or(0)
+    }
+}
+
+fn delete(row: &[u8]) -> Mutation {
+    Mutation::Delete {
+        table: Table::Outbox,
+        row: row.to_vec(),
+    }
+}
+
+fn rows_ids(writes: &[Mutation]) -> Vec<u64> {
+    writes
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::Delete { row, .. } => keys::trailing_u64(row),
+            Mutation::Put { .. } => None,
+        })
+        .collect()
+}
+
+/// Why a push did not land.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error(transparent)]
+    Call(#[from] crate::cluster::client::CallError),
+    #[error("the peer answered {0}")]
+    Refused(StatusCode),
+}
+
+async fn push(cluster: &Cluster, peer: &Peer, body: Bytes) -> Result<(), PushError> {
+    let signature = HeaderValue::from_str(&cluster.sign(&body))
+        .map_err(|_| PushError::Refused(StatusCode::BAD_REQUEST))?;
+    let answer = cluster
+        .client
+        .call(
+            peer.addr,
+            Method::POST,
+            APPENDS_PATH,
+            &[(HeaderName::from_static(SIGNATURE_HEADER), signature)],
+            body,
+            PUSH_TIMEOUT,
+        )
+        .await?;
+    if answer.status == StatusCode::NO_CONTENT {
+        Ok(())
+    } else {
+        Err(PushError::Refused(answer.status))
+    }
+}
+
+/// A push body: per entry, the outbox cell (`user(16) || event`) framed by
+/// its length (u32, big-endian).
+pub fn encode<'a>(cells: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut body = BytesMut::new();
+    for cell in cells {
+        body.put_u32(cell.len() as u32);
+        body.put_slice(cell);
+    }
+    body.freeze()
+}
+
+/// The entries of a push body; `None` if it is malformed.
+pub fn decode(body: &Bytes) -> Option<Vec<(UserId, Bytes)>> {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let len = u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        let cell = body.get(at..at.checked_add(len)?)?;
+        let (user, _) = cell.split_first_chunk::<16>()?;
+        entries.push((
+            UserId(uuid::Uuid::from_bytes(*user)),
+            body.slice(at + 16..at + len),
+        ));
+        at += len;
+    }
+    Some(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::committer::outbox_cell;
+
+    #[test]
+    fn push_bodies_round_trip_and_reject_truncation() {
+        let a = outbox_cell(UserId(uuid::Uuid::from_u128(1)), br#"{"type":"x"}"#);
+        let b = outbox_cell(UserId(uuid::Uuid::from_u128(2)), b"{}");
+        let body = encode([a.as_ref(), b.as_ref()].into_iter());
+        let entries = decode(&body).expect("well formed");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, UserId(uuid::Uuid::from_u128(1)));
+        assert_eq!(&entries[0].1[..], br#"{"type":"x"}"#);
+        assert_eq!(&entries[1].1[..], b"{}");
+        for cut in 1..body.len() {
+            if cut == 4 + a.len() {
+                continue;
+            }
+            assert!(decode(&body.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        assert!(decode(&Bytes::from_static(&[0, 0, 0, 3, 1, 2, 3])).is_none());
     }
 }

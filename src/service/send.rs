@@ -51,8 +51,17 @@ pub struct Sent {
 #[derive(Debug, Default)]
 pub struct Head {
     loaded: bool,
+    /// The ring's epoch when it was loaded: a head learned before the ring
+    /// changed may be stale (another node may have sequenced meanwhile).
+    epoch: u64,
     seq: Seq,
     last: Option<MessageId>,
+    /// On a ring: the conversation's counter is known to be at or above
+    /// the newest stored seq.
+    fenced: bool,
+    /// On a ring: a seq the counter handed to this node for a send whose
+    /// commit failed, to be used by the next send if that one never landed.
+    reserved: Option<Seq>,
 }
 
 impl Head {
@@ -175,11 +184,12 @@ impl Service {
             }
         };
 
+        let seq = self.next_seq(conv, &mut head).await?;
         let message = Message {
             message_id: req.message_id,
             conversation_id: conv,
             sender_id: sender,
-            seq: head.seq + 1,
+            seq,
             prev_message_id: head.last,
             sent_at: now_ms(),
             body: req.body,
@@ -208,12 +218,19 @@ impl Service {
             appends: recipients.iter().map(|r| (*r, event.clone())).collect(),
             message: Some((conv, message.seq, json.clone())),
             arrival: Some((sender, req.message_id)),
+            // Receiver first: a direct message is acknowledged once its
+            // recipient's copy is durable, on whichever node owns it.
+            await_delivery: match req.to {
+                Destination::User(to) if to != sender => Some(to),
+                _ => None,
+            },
             ..Commit::default()
         };
-        // The sender's own copy, in the same commit: this node owns every
-        // mailbox, and a copy sent later through the outbox would land
-        // after messages others sent next, out of seq order. (Copies for
-        // mailboxes another node owns are what the outbox is for.)
+        // The sender's own copy, in the same commit. The committer writes
+        // it in place when this node owns the sender's mailbox (a copy sent
+        // later through the outbox would land after messages others sent
+        // next, out of seq order) and through the outbox otherwise, in the
+        // same order as every other event of this conversation.
         if !recipients.contains(&sender) {
             commit.appends.push((sender, event.clone()));
         }
@@ -224,15 +241,31 @@ impl Service {
             commit.writes.extend(meta.rows(conv, now_ms())?);
         }
 
-        if let Err(e) = self.inner.committer.commit(commit).await {
-            // The message may still land (a failed write is rolled forward
-            // before the store serves anything else): learn the head again.
-            head.loaded = false;
-            return Err(e.into());
-        }
+        let committed = match self.inner.committer.commit(commit).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                // The message may still land (a failed write is rolled
+                // forward before the store serves anything else): learn the
+                // head again, and keep the seq the counter gave us for the
+                // next send in case it did not.
+                head.loaded = false;
+                if self.inner.cluster.is_multi_node() {
+                    head.reserved = Some(message.seq);
+                }
+                return Err(e.into());
+            }
+        };
         head.seq = message.seq;
         head.last = Some(message.message_id);
         drop(head);
+        if let Some(delivered) = committed.delivered {
+            let wait = self.inner.cluster.settings.remote_wait;
+            if tokio::time::timeout(wait, delivered.notified()).await.is_err() {
+                // Durable in the conversation and the outbox, which keeps
+                // trying: acknowledged, and counted.
+                self.inner.metrics.sends_acked_before_delivery.inc();
+            }
+        }
         self.inner.metrics.messages_accepted.inc();
         tracing::debug!(%conv, seq = message.seq, elapsed_us = accepted.elapsed().as_micros() as u64, "message accepted");
         Ok(Sent {
@@ -277,9 +310,13 @@ impl Service {
     }
 
     pub(crate) async fn load_head(&self, conv: ConversationId, head: &mut Head) -> Result<()> {
-        if head.loaded {
+        let epoch = self.inner.cluster.serving().epoch;
+        if head.loaded && head.epoch == epoch {
             return Ok(());
         }
+        head.epoch = epoch;
+        head.seq = 0;
+        head.last = None;
         if let Some(page) = self.inner.history_cache.get(&conv)
             && let Some((seq, json)) = page.messages.back()
         {
@@ -299,6 +336,65 @@ impl Service {
         Ok(())
     }
 
+    /// The seq for the next message. On one node it is `head + 1`. On a
+    /// ring two nodes may briefly both believe they own the conversation
+    /// (one was stopped, and resumes), so the seq comes from an atomic
+    /// increment of the conversation's counter in the store: never handed
+    /// out twice, whatever the nodes believe.
+    async fn next_seq(&self, conv: ConversationId, head: &mut Head) -> Result<Seq> {
+        if !self.inner.cluster.is_multi_node() {
+            return Ok(head.seq + 1);
+        }
+        if let Some(reserved) = head.reserved.take()
+            && reserved == head.seq + 1
+        {
+            return Ok(reserved);
+        }
+        let row = seq_row(conv);
+        if !head.fenced {
+            // A conversation that began on a single node has messages but
+            // no counter yet: start the counter at its head.
+            let stored = self.get(Table::Counters, &row).await?;
+            let at = match &stored {
+                Some(b) => counter_value(b)?,
+                None => 0,
+            };
+            if at < head.seq {
+                let started = self
+                    .inner
+                    .store
+                    .check_and_put(
+                        Table::Counters,
+                        &row,
+                        stored.as_deref(),
+                        Bytes::copy_from_slice(&(head.seq as i64).to_be_bytes()),
+                    )
+                    .await?;
+                if !started {
+                    tracing::info!(%conv, "another node started the conversation's counter first");
+                }
+            }
+            head.fenced = true;
+        }
+        let started = Instant::now();
+        let n = self.inner.store.increment(Table::Counters, &row, 1).await?;
+        self.observe_store("increment", started);
+        let n = u64::try_from(n).map_err(|_| Error::Internal("negative seq counter".into()))?;
+        if n != head.seq + 1 {
+            // Another node sequenced this conversation since this one
+            // learned its head (both believed they owned it), or a seq was
+            // handed out and never used.
+            self.inner.metrics.seq_fence_skips.inc();
+            tracing::warn!(%conv, head = head.seq, counter = n, "the seq counter was ahead of the head");
+            head.last = match self.message_at(conv, n - 1).await? {
+                Some(json) => Some(message_id_of(&json)?),
+                None => head.last,
+            };
+            head.seq = n - 1;
+        }
+        Ok(n)
+    }
+
     /// The members of group `g`, if `user` is one of them.
     async fn group_members(&self, g: GroupId, user: UserId) -> Result<std::sync::Arc<Vec<UserId>>> {
         let group = self.group_state(g).await?.ok_or(Error::NotFound("group"))?;
@@ -307,6 +403,20 @@ impl Service {
             _ => Err(Error::Forbidden("you are not a member of this group")),
         }
     }
+}
+
+/// The counter row holding a conversation's newest handed-out seq.
+fn seq_row(conv: ConversationId) -> Vec<u8> {
+    let mut row = b"seq:".to_vec();
+    row.extend_from_slice(conv.0.as_bytes());
+    row
+}
+
+fn counter_value(b: &[u8]) -> Result<Seq> {
+    let bytes: [u8; 8] = b
+        .try_into()
+        .map_err(|_| Error::Internal("malformed seq counter".into()))?;
+    u64::try_from(i64::from_be_bytes(bytes)).map_err(|_| Error::Internal("negative seq counter".into()))
 }
 
 /// The `message_id` of a stored message object.

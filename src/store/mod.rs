@@ -134,7 +134,7 @@ impl Scan {
 pub type Row = (Vec<u8>, Bytes);
 
 /// What the caller can do about a failed store operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or refused the write; nothing was applied
     /// that the caller was told about, and a retry may succeed.
@@ -179,6 +179,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Succeeds when the store can serve; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Finishes the batch another node (by its node key) may have left
+    /// half-written when it died, so a node taking over its users and
+    /// conversations starts from whole batches. Only a store several nodes
+    /// share has anything to do here.
+    async fn finish_batches_of(&self, _node_key: [u8; 8]) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The engine's own Prometheus series, registered by the node.
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {

@@ -96,6 +96,31 @@ impl Intents {
             .await
     }
 
+    /// Finishes the newest batch of another node's log (it died; every
+    /// mutation is idempotent, so doing it again is harmless).
+    pub(super) async fn recover_other(
+        &self,
+        store: &HbaseStore,
+        node_key: [u8; 8],
+    ) -> Result<(), StoreError> {
+        let name = self.table.clone();
+        let range = super::range::Range::prefix(&node_key);
+        let rows = store
+            .call("scan", true, move |c| {
+                super::scan_rows(c, &name, &range, usize::MAX)
+            })
+            .await?;
+        if let Some((_, cell)) = rows.last() {
+            let batch = decode(cell)?;
+            tracing::info!(
+                mutations = batch.len(),
+                "finishing the newest batch of a departed node"
+            );
+            store.apply(&batch).await?;
+        }
+        Ok(())
+    }
+
     /// Finishes the batch a previous run of this node left unfinished.
     pub(super) async fn recover(&self, store: &HbaseStore) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;

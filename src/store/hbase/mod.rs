@@ -377,6 +377,11 @@ impl Store for HbaseStore {
         .map(drop)
     }
 
+    async fn finish_batches_of(&self, node_key: [u8; 8]) -> Result<(), StoreError> {
+        self.inner.intents.settle(self).await?;
+        self.inner.intents.recover_other(self, node_key).await
+    }
+
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         HbaseStore::collectors(self)
     }

@@ -1,0 +1,363 @@
+//! The ring of nodes: who owns which user and conversation, which peers
+//! answer, and the calls nodes make to one another.
+//!
+//! Two views of the ring are kept. The probes' *newest* verdict routes
+//! outbox deliveries and decides which pushed appends this node accepts;
+//! the *serving* view, which requests are routed by, follows it only after
+//! this node has finished what a departed peer left behind (its write log
+//! and its outbox: `service/takeover.rs`). A single node has a ring of one
+//! and skips all of it.
+
+pub mod client;
+pub mod probe;
+pub mod ring;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+pub use ring::View;
+
+use crate::config::ClusterConfig;
+
+/// One node of the configured ring.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Its key in shared tables (write log, outbox, clock lease).
+    pub node_key: [u8; 8],
+}
+
+/// Timings from `[cluster]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub down_after: u32,
+    pub remote_wait: Duration,
+    pub forward_timeout: Duration,
+}
+
+pub struct Cluster {
+    peers: Vec<Peer>,
+    seeds: Vec<u64>,
+    me: usize,
+    multi: bool,
+    serving: RwLock<Arc<View>>,
+    newest: RwLock<Arc<View>>,
+    /// The newest view's epoch, for the takeover task to follow.
+    changes: watch::Sender<u64>,
+    /// False while starting and after a pause: data requests get 503
+    /// until the peers have this node back in their serving views.
+    joined: AtomicBool,
+    origin: Instant,
+    /// When the probe loop last ran (ms since `origin`).
+    last_tick_ms: AtomicU64,
+    /// Longer than this without a tick, the node may have been declared
+    /// dead by its peers (a stopped process, a stalled VM).
+    pause_limit: Duration,
+    mac: Hmac<Sha256>,
+    pub settings: Settings,
+    pub client: client::PeerClient,
+}
+
+/// Where a key's requests go.
+pub enum Route<'a> {
+    Local,
+    Remote(&'a Peer),
+}
+
+impl Cluster {
+    /// The ring from `[cluster]`; `listen` is this node's address when no
+    /// peers are configured.
+    pub fn new(config: &ClusterConfig, listen: SocketAddr, secret: &[u8]) -> Arc<Cluster> {
+        let mut peers: Vec<Peer> = config
+            .peers
+            .iter()
+            .map(|p| Peer {
+                id: p.id.clone(),
+                addr: p.addr,
+                node_key: node_key(&p.id),
+            })
+            .collect();
+        if peers.is_empty() {
+            peers.push(Peer {
+                id: config.node_id.clone(),
+                addr: listen,
+                node_key: node_key(&config.node_id),
+            });
+        }
+        let me = peers
+            .iter()
+            .position(|p| p.id == config.node_id)
+            .unwrap_or(0);
+        let seeds = peers.iter().map(|p| ring::seed(&p.id)).collect();
+        // Everyone is presumed up until probed: presuming peers down would
+        // have a starting node take over their users while they serve them.
+        let view = Arc::new(View {
+            epoch: 1,
+            live: vec![true; peers.len()],
+        });
+        let settings = Settings {
+            probe_interval: config.probe_interval,
+            probe_timeout: config.probe_timeout,
+            down_after: config.down_after,
+            remote_wait: config.remote_wait,
+            forward_timeout: config.forward_timeout,
+        };
+        let pause_limit = (config.probe_interval * config.down_after).max(Duration::from_millis(750));
+        let multi = peers.len() > 1;
+        // HMAC takes keys of any length; an empty secret never reaches here.
+        let mac = Hmac::<Sha256>::new_from_slice(secret)
+            .unwrap_or_else(|_| Hmac::<Sha256>::new_from_slice(b"-").expect("a one-byte key"));
+        Arc::new(Cluster {
+            client: client::PeerClient::new(),
+            peers,
+            seeds,
+            me,
+            multi,
+            serving: RwLock::new(view.clone()),
+            newest: RwLock::new(view),
+            changes: watch::channel(1).0,
+            joined: AtomicBool::new(!multi),
+            origin: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+            pause_limit,
+            mac,
+            settings,
+        })
+    }
+
+    /// Whether other nodes share the store.
+    pub fn is_multi_node(&self) -> bool {
+        self.multi
+    }
+
+    pub fn me(&self) -> &Peer {
+        &self.peers[self.me]
+    }
+
+    pub fn me_index(&self) -> usize {
+        self.me
+    }
+
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    pub fn serving(&self) -> Arc<View> {
+        read(&self.serving)
+    }
+
+    pub fn newest(&self) -> Arc<View> {
+        read(&self.newest)
+    }
+
+    /// The owner of `key` in `view`.
+    pub fn owner_in(&self, view: &View, key: &[u8]) -> usize {
+        ring::owner(&self.seeds, &view.live, key).unwrap_or(self.me)
+    }
+
+    /// Where requests for `key` go now.
+    pub fn route(&self, key: &[u8]) -> Route<'_> {
+        if !self.multi {
+            return Route::Local;
+        }
+        match self.owner_in(&self.serving(), key) {
+            i if i == self.me => Route::Local,
+            i => Route::Remote(&self.peers[i]),
+        }
+    }
+
+    /// Whether this node serves `key` now.
+    pub fn serves(&self, key: &[u8]) -> bool {
+        matches!(self.route(key), Route::Local)
+    }
+
+    /// Where a deferred append for `key` should be delivered: by the
+    /// newest view, which may be ahead of the serving one.
+    pub fn delivery(&self, key: &[u8]) -> Route<'_> {
+        if !self.multi {
+            return Route::Local;
+        }
+        match self.owner_in(&self.newest(), key) {
+            i if i == self.me => Route::Local,
+            i => Route::Remote(&self.peers[i]),
+        }
+    }
+
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    pub fn set_joined(&self, joined: bool) {
+        self.joined.store(joined, Ordering::Release);
+    }
+
+    /// Records that the node is running (the probe loop calls it).
+    pub fn tick(&self) {
+        self.last_tick_ms
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// False when the node has not ticked for longer than its peers wait
+    /// before declaring it dead: it must not write until it rejoined.
+    pub fn fresh(&self) -> bool {
+        if !self.multi {
+            return true;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_tick_ms.load(Ordering::Acquire))
+            < self.pause_limit.as_millis() as u64
+    }
+
+    pub fn pause_limit(&self) -> Duration {
+        self.pause_limit
+    }
+
+    /// Whether data requests may be served (joined and not paused).
+    pub fn available(&self) -> bool {
+        self.joined() && self.fresh()
+    }
+
+    /// Sets the probes' verdict; returns whether the newest view changed.
+    pub fn set_newest(&self, live: Vec<bool>, force: bool) -> bool {
+        let mut newest = self.newest.write().unwrap_or_else(|e| e.into_inner());
+        if newest.live == live && !force {
+            return false;
+        }
+        let epoch = newest.epoch.max(self.serving().epoch) + 1;
+        *newest = Arc::new(View { epoch, live });
+        drop(newest);
+        self.changes.send_replace(epoch);
+        true
+    }
+
+    /// Makes `view` the one requests are routed by.
+    pub fn publish(&self, view: Arc<View>) {
+        *self.serving.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The signature of an internal call's body.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Checks a signature in constant time.
+    pub fn verify(&self, body: &[u8], signature: &str) -> bool {
+        let Some(bytes) = unhex(signature) else {
+            return false;
+        };
+        let mut mac = self.mac.clone();
+        mac.update(body);
+        mac.verify_slice(&bytes).is_ok()
+    }
+}
+
+fn read(lock: &RwLock<Arc<View>>) -> Arc<View> {
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A node's 8-byte key in shared tables: SHA-256 of its id, first 8 bytes.
+pub fn node_key(node_id: &str) -> [u8; 8] {
+    use sha2::Digest as _;
+    let digest = Sha256::digest(node_id.as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    key
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+
+    fn three(me: &str) -> Arc<Cluster> {
+        let config = ClusterConfig {
+            node_id: me.into(),
+            peers: (1..=3)
+                .map(|i| PeerConfig {
+                    id: format!("n{i}"),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 8080 + i)),
+                })
+                .collect(),
+            ..ClusterConfig::default()
+        };
+        Cluster::new(&config, SocketAddr::from(([127, 0, 0, 1], 1)), b"a secret")
+    }
+
+    #[test]
+    fn every_node_agrees_on_owners_and_each_key_is_served_once() {
+        let nodes = [three("n1"), three("n2"), three("n3")];
+        for i in 0..300u32 {
+            let key = i.to_be_bytes();
+            let serving = nodes.iter().filter(|n| n.serves(&key)).count();
+            assert_eq!(serving, 1);
+        }
+    }
+
+    #[test]
+    fn a_down_peer_moves_in_the_newest_view_before_the_serving_one() {
+        let n1 = three("n1");
+        let key = (0..1000u32)
+            .map(|i| i.to_be_bytes())
+            .find(|k| matches!(n1.route(k), Route::Remote(p) if p.id == "n2"))
+            .expect("some key of n2");
+        assert!(n1.set_newest(vec![true, false, true], false));
+        assert!(!n1.set_newest(vec![true, false, true], false));
+        assert!(matches!(n1.route(&key), Route::Remote(p) if p.id == "n2"));
+        assert!(!matches!(n1.delivery(&key), Route::Remote(p) if p.id == "n2"));
+        n1.publish(n1.newest());
+        assert!(!matches!(n1.route(&key), Route::Remote(p) if p.id == "n2"));
+    }
+
+    #[test]
+    fn signatures_check_body_and_secret() {
+        let a = three("n1");
+        let sig = a.sign(b"body");
+        assert!(a.verify(b"body", &sig));
+        assert!(!a.verify(b"bodx", &sig));
+        assert!(!a.verify(b"body", "zz"));
+        let config = ClusterConfig::default();
+        let other = Cluster::new(&config, SocketAddr::from(([127, 0, 0, 1], 1)), b"another");
+        assert!(!other.verify(b"body", &sig));
+    }
+
+    #[test]
+    fn a_single_node_serves_everything_and_is_always_available() {
+        let one = Cluster::new(
+            &ClusterConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            b"s",
+        );
+        assert!(!one.is_multi_node());
+        assert!(one.serves(b"anything"));
+        assert!(one.available());
+    }
+}

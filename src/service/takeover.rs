@@ -1,0 +1,248 @@
+//! Life on a ring of nodes: taking the appends peers push, and following
+//! the ring as peers leave and return.
+//!
+//! When a peer leaves the probes' newest view, this node first finishes
+//! what the peer left behind (its last half-written batch, then its
+//! outbox, delivered to the mailboxes' new owners), then forgets what it
+//! cached (another node may have written meanwhile), and only then routes
+//! requests by the new view. A node starting, or resuming after standing
+//! still, serves nothing until its peers route to it again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use tokio_util::sync::CancellationToken;
+
+use super::committer::{Commit, Committer};
+use super::outbox::{Deliveries, Outbox};
+use super::{Error, Result, Service};
+use crate::cluster::{Cluster, Peer, Route, View};
+use crate::domain::UserId;
+use crate::metrics::Metrics;
+use crate::store::{Scan, Store, Table};
+
+/// How many of a mailbox's newest events a pushed event is compared with.
+const REPEAT_WINDOW: usize = 64;
+/// How long a joining node waits for its peers to route to it.
+const JOIN_WAIT: Duration = Duration::from_secs(3);
+
+impl Service {
+    /// Appends events a peer pushed for mailboxes this node owns, dropping
+    /// exact repeats of recent events (a push whose answer was lost).
+    pub async fn take_appends(&self, entries: Vec<(UserId, Bytes)>) -> Result<()> {
+        let cluster = &self.inner.cluster;
+        if !cluster.fresh() {
+            return Err(Error::Rejoining);
+        }
+        if entries
+            .iter()
+            .any(|(user, _)| !matches!(cluster.delivery(user.0.as_bytes()), Route::Local))
+        {
+            return Err(Error::NotOwner);
+        }
+        let _one_at_a_time = self.inner.pushes.lock().await;
+        let mut recent: HashMap<UserId, VecDeque<Bytes>> = HashMap::new();
+        let mut appends = Vec::with_capacity(entries.len());
+        for (user, event) in entries {
+            if !recent.contains_key(&user) {
+                let events = self.recent_events(user).await?;
+                recent.insert(user, events);
+            }
+            let seen = recent.entry(user).or_default();
+            if seen.iter().any(|e| *e == event) {
+                self.inner.metrics.pushed_repeats.inc();
+                continue;
+            }
+            seen.push_back(event.clone());
+            appends.push((user, event));
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .committer
+            .commit(Commit {
+                appends,
+                ..Commit::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The newest events of a mailbox, oldest first.
+    async fn recent_events(&self, user: UserId) -> Result<VecDeque<Bytes>> {
+        if let Some(tail) = self.inner.mailbox_cache.get(&user)
+            && tail.events.len() >= REPEAT_WINDOW
+        {
+            return Ok(tail.events.iter().map(|e| e.json.clone()).collect());
+        }
+        let rows = self
+            .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), REPEAT_WINDOW).rev())
+            .await?;
+        Ok(rows.into_iter().rev().map(|(_, event)| event).collect())
+    }
+
+    /// Forgets what this node cached about mailboxes and conversations: after
+    /// the ring changed, another node may have written them.
+    pub fn cool_down(&self) {
+        self.inner.mailbox_cache.clear();
+        self.inner.history_cache.clear();
+        self.inner.groups.clear();
+    }
+}
+
+/// The task that follows the ring (see the module docs).
+pub struct Takeover {
+    pub service: Service,
+    pub store: Arc<dyn Store>,
+    pub committer: Committer,
+    pub metrics: Arc<Metrics>,
+    pub cluster: Arc<Cluster>,
+    pub deliveries: Arc<Deliveries>,
+}
+
+impl Takeover {
+    pub async fn run(self, stop: CancellationToken) {
+        if !self.cluster.is_multi_node() {
+            return;
+        }
+        let mut changes = self.cluster.subscribe();
+        loop {
+            let newest = self.cluster.newest();
+            let serving = self.cluster.serving();
+            let rejoining = !self.cluster.joined();
+            if rejoining || newest.epoch != serving.epoch {
+                self.follow(&newest, &serving, rejoining, &stop).await;
+                if stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn follow(&self, newest: &Arc<View>, serving: &View, rejoining: bool, stop: &CancellationToken) {
+        let me = self.cluster.me_index();
+        for (i, peer) in self.cluster.peers().iter().enumerate() {
+            // Peers that left since the last view; all departed ones when
+            // (re)joining, since this node cannot know what it missed.
+            let left = !newest.live[i] && (rejoining || serving.live[i]);
+            if i != me && left {
+                self.settle(peer, stop).await;
+            }
+        }
+        self.service.cool_down();
+        self.cluster.publish(newest.clone());
+        self.metrics
+            .ring_live_nodes
+            .set(newest.live.iter().filter(|l| **l).count() as i64);
+        // Raise the watermark past positions a mailbox's previous owner
+        // may have written, now that this node owns it.
+        let _ = self.committer.commit(Commit::default()).await;
+        if rejoining {
+            self.wait_to_be_routed(stop).await;
+            self.cluster.set_joined(true);
+        }
+        tracing::info!(epoch = newest.epoch, rejoined = rejoining, "serving by the new ring");
+    }
+
+    /// Finishes a departed peer's half-written batch and drains its outbox,
+    /// retrying until done, the peer returns, or the node stops.
+    async fn settle(&self, peer: &Peer, stop: &CancellationToken) {
+        let outbox = Outbox {
+            store: self.store.clone(),
+            committer: self.committer.clone(),
+            node_key: peer.node_key,
+            kick: Arc::new(tokio::sync::Notify::new()),
+            metrics: self.metrics.clone(),
+            watermark: None,
+            cluster: self.cluster.clone(),
+            deliveries: self.deliveries.clone(),
+        };
+        let index = self.cluster.peers().iter().position(|p| p.id == peer.id);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = async {
+                self.store.finish_batches_of(peer.node_key).await?;
+                outbox.drain().await
+            }
+            .await;
+            match result {
+                Ok(drained) => {
+                    tracing::info!(peer = %peer.id, drained, "finished what a departed peer left");
+                    return;
+                }
+                Err(e) => tracing::warn!(peer = %peer.id, error = %e, "cannot finish a departed peer's work yet"),
+            }
+            let back = index.is_some_and(|i| self.cluster.newest().live[i]);
+            if back || stop.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits (bounded) until every live peer routes this node's keys to it,
+    /// so two nodes do not both serve them.
+    async fn wait_to_be_routed(&self, stop: &CancellationToken) {
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let me = self.cluster.me().id.clone();
+        loop {
+            let newest = self.cluster.newest();
+            let mut waiting = Vec::new();
+            for (i, peer) in self.cluster.peers().iter().enumerate() {
+                if i == self.cluster.me_index() || !newest.live[i] {
+                    continue;
+                }
+                if !routes_to(&self.cluster, peer, &me).await {
+                    waiting.push(peer.id.clone());
+                }
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                tracing::warn!(?waiting, "joining although some peers do not route to this node yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether `peer`'s serving view has node `me` up.
+async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
+    let Ok(answer) = cluster
+        .client
+        .call(
+            peer.addr,
+            Method::GET,
+            "/v1/cluster",
+            &[],
+            Bytes::new(),
+            cluster.settings.probe_timeout,
+        )
+        .await
+    else {
+        return false;
+    };
+    let Ok(view) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+        return false;
+    };
+    view["peers"].as_array().is_some_and(|peers| {
+        peers
+            .iter()
+            .any(|p| p["id"] == me && p["state"] == "up")
+    })
+}
