@@ -6,9 +6,10 @@ use serde_json::json;
 
 use super::Ctx;
 use super::error::ApiError;
+use super::forward::Held;
 use super::request::{Fields, Query, read_body};
 use super::response::{Response, json_value};
-use crate::domain::{GroupId, UserId};
+use crate::domain::{ConversationId, GroupId, UserId};
 use crate::service::groups::{ChangeMembers, CreateGroup};
 
 /// Longest group name, in bytes.
@@ -22,10 +23,21 @@ fn group_id(id: &str) -> Result<GroupId, ApiError> {
 pub(super) async fn create(
     ctx: &Ctx,
     user: UserId,
+    hop: bool,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
+    let held = Held::of(&req);
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let fields = Fields::parse(&body)?;
+    // A group the client names is created by the node owning it; one
+    // without an id is new to every node, and this one creates it.
+    if let Some(g) = fields.opt_id::<GroupId>("group_id")?
+        && let Some(answer) = held
+            .pass_if_remote(ctx, ConversationId::from(g).0.as_bytes(), hop, body.clone())
+            .await
+    {
+        return answer;
+    }
     let request = CreateGroup {
         group_id: fields.opt_id("group_id")?,
         name: fields.string("name", MAX_NAME)?,

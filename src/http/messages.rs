@@ -7,20 +7,24 @@ use hyper::{Request, StatusCode};
 
 use super::Ctx;
 use super::error::ApiError;
+use super::forward::Held;
 use super::request::{Fields, read_body};
 use super::response::{Response, json_response};
-use crate::domain::UserId;
+use crate::domain::{ConversationId, UserId};
 use crate::service::send::{Destination, SendRequest};
 
 pub(super) async fn send(
     ctx: &Ctx,
     user: UserId,
+    hop: bool,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = ctx.send_rate.take(user) {
+    // Taken where the client came in, not again at the owner.
+    if !hop && let Err(wait) = ctx.send_rate.take(user) {
         ctx.service.metrics().sends_rate_limited.inc();
         return Err(ApiError::RateLimited(wait));
     }
+    let held = Held::of(&req);
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let mut fields = Fields::parse(&body)?;
     let to = match (fields.has("to"), fields.has("group_id")) {
@@ -36,6 +40,14 @@ pub(super) async fn send(
             .take("body")
             .ok_or_else(|| ApiError::field("`body` is required (any JSON value)"))?,
     };
+    // The conversation's sequencer runs on the node owning it.
+    let conv = match to {
+        Destination::User(to) => ConversationId::direct(user, to),
+        Destination::Group(g) => ConversationId::from(g),
+    };
+    if let Some(answer) = held.pass_if_remote(ctx, conv.0.as_bytes(), hop, body).await {
+        return answer;
+    }
     let sent = ctx.service.send(user, request).await?;
 
     let mut out = BytesMut::with_capacity(sent.message.len() + 16);

@@ -28,6 +28,35 @@ pub(super) async fn readyz(ctx: &Ctx) -> Response {
     }
 }
 
+/// `GET /v1/cluster`: the ring as this node sees it (an extension).
+pub(super) fn cluster(ctx: &Ctx) -> Response {
+    let cluster = ctx.service.cluster();
+    let serving = cluster.serving();
+    let newest = cluster.newest();
+    let peers: Vec<_> = cluster
+        .peers()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "id": p.id,
+                "addr": p.addr.to_string(),
+                "state": if serving.live[i] { "up" } else { "down" },
+                "probed": if newest.live[i] { "up" } else { "down" },
+            })
+        })
+        .collect();
+    json_value(
+        StatusCode::OK,
+        &json!({
+            "node_id": cluster.me().id,
+            "joined": cluster.joined(),
+            "epoch": serving.epoch,
+            "peers": peers,
+        }),
+    )
+}
+
 pub(super) fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response, ApiError> {
     if let Some(expected) = &ctx.metrics_token {
         let given = req

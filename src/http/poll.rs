@@ -7,8 +7,10 @@ use tokio::time::Instant;
 
 use super::Ctx;
 use super::error::ApiError;
+use super::forward::{self, HOLD_MS, Outgoing};
 use super::request::Query;
 use super::response::{Response, json_array, json_response};
+use crate::cluster::Peer;
 use crate::domain::{Cursor, UserId};
 use crate::service::poll::PollRequest;
 
@@ -17,11 +19,50 @@ const MAX_LIMIT: usize = 1000;
 /// Longest `device` name (an extension: see docs/api.md).
 const MAX_DEVICE: usize = 64;
 
+/// Where a poll is served.
+pub(super) enum Via<'a> {
+    /// Here. A poll a peer passed on comes with the hold that peer chose.
+    Here { given_hold: Option<Duration> },
+    /// By the node owning the user's mailbox; this node chooses the hold
+    /// and watches for cuts, since it holds the client's connection.
+    Owner {
+        peer: &'a Peer,
+        authorization: Option<hyper::header::HeaderValue>,
+    },
+}
+
+impl<'a> Via<'a> {
+    pub(super) fn of(
+        ctx: &Ctx,
+        owner: Option<&'a Peer>,
+        hop: bool,
+        req: &hyper::Request<hyper::body::Incoming>,
+    ) -> Via<'a> {
+        let _ = ctx;
+        match owner {
+            Some(peer) => Via::Owner {
+                peer,
+                authorization: req.headers().get(hyper::header::AUTHORIZATION).cloned(),
+            },
+            None => Via::Here {
+                given_hold: hop
+                    .then(|| req.headers().get(HOLD_MS))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_millis),
+            },
+        }
+    }
+}
+
 pub(super) async fn poll(
     ctx: &Ctx,
     user: UserId,
     query: Option<&str>,
+    via: Via<'_>,
 ) -> Result<Response, ApiError> {
+    let raw_query = query;
     let query = Query::parse(query);
     let cursor = match query.get("cursor") {
         None => None,
@@ -41,6 +82,13 @@ pub(super) async fn poll(
         )));
     }
     let parks = cursor.is_some() && !requested.is_zero();
+    if let Via::Here {
+        given_hold: Some(hold),
+    } = via
+    {
+        // Passed on by the node the client reached, which watches it.
+        return answer(ctx, user, cursor, hold.min(ctx.limits.max_poll), limit).await;
+    }
     let timeout = if parks {
         let hold = ctx.holds.hold(user, device, requested, rand::random());
         if hold.capped {
@@ -58,6 +106,55 @@ pub(super) async fn poll(
         hold: timeout,
         answered: false,
     });
+    let response = match via {
+        Via::Owner {
+            peer,
+            authorization,
+        } => {
+            let extra = vec![(
+                hyper::header::HeaderName::from_static(HOLD_MS),
+                hyper::header::HeaderValue::from(timeout.as_millis() as u64),
+            )];
+            forward::forward(
+                ctx,
+                Outgoing {
+                    method: hyper::Method::GET,
+                    path_and_query: format!("/v1/poll?{}", raw_query.unwrap_or("")),
+                    authorization,
+                    extra,
+                    body: bytes::Bytes::new(),
+                    timeout: timeout + FORWARD_MARGIN,
+                    peer,
+                },
+            )
+            .await
+        }
+        Via::Here { .. } => answer(ctx, user, cursor, timeout, limit).await,
+    };
+    if let Some(watch) = watch {
+        let timed_out = matches!(&response, Ok(r) if r.status() == StatusCode::OK
+            && r.headers().get(TIMED_OUT).is_some());
+        watch.answered(timed_out);
+    }
+    response.map(|mut r| {
+        r.headers_mut().remove(TIMED_OUT);
+        r
+    })
+}
+
+/// Marks (between this module's functions only) an answer that timed out.
+const TIMED_OUT: &str = "x-carrier-timed-out";
+/// A forwarded poll's owner answers at the hold's end; allow for the hop.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// Serves the poll here.
+async fn answer(
+    ctx: &Ctx,
+    user: UserId,
+    cursor: Option<Cursor>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Response, ApiError> {
     let answer = ctx
         .service
         .poll(
@@ -68,11 +165,7 @@ pub(super) async fn poll(
                 limit,
             },
         )
-        .await;
-    if let Some(watch) = watch {
-        watch.answered(matches!(&answer, Ok(a) if a.timed_out));
-    }
-    let answer = answer?;
+        .await?;
 
     let events = json_array(&answer.events);
     let mut body = Vec::with_capacity(events.len() + 64);
@@ -85,7 +178,13 @@ pub(super) async fn poll(
         )
         .as_bytes(),
     );
-    Ok(json_response(StatusCode::OK, body.into()))
+    let mut response = json_response(StatusCode::OK, body.into());
+    if answer.timed_out {
+        response
+            .headers_mut()
+            .insert(TIMED_OUT, hyper::header::HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// Watches one poll that may park: dropped before it answered (hyper drops

@@ -7,8 +7,8 @@ use hyper::{Method, Request};
 
 use super::error::ApiError;
 use super::response::Response;
-use super::{Ctx, conversations, cors, demo, groups, messages, ops, poll, receipts};
-use crate::domain::UserId;
+use super::{Ctx, conversations, cors, demo, forward, groups, internal, messages, ops, poll, receipts};
+use crate::domain::{ConversationId, GroupId, UserId};
 
 /// The routes of the contract. Path parameters stay text until the
 /// handler parses them, so a bad id is a 400, not a 404.
@@ -26,6 +26,10 @@ enum Route<'a> {
     Metrics,
     /// A file of the demo page (an extension, off by default).
     Demo(&'a str),
+    /// The ring as this node sees it (an extension).
+    Cluster,
+    /// Appends a peer pushes (between nodes only, signed).
+    Appends,
 }
 
 impl<'a> Route<'a> {
@@ -43,6 +47,8 @@ impl<'a> Route<'a> {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
+            ["v1", "cluster"] => Route::Cluster,
+            ["internal", "v1", "appends"] => Route::Appends,
             ["demo"] => Route::Demo(""),
             ["demo", file] => Route::Demo(file),
             _ => return None,
@@ -64,6 +70,8 @@ impl<'a> Route<'a> {
             Route::Readyz => ("readyz", "GET"),
             Route::Metrics => ("metrics", "GET"),
             Route::Demo(_) => ("demo", "GET"),
+            Route::Cluster => ("cluster", "GET"),
+            Route::Appends => ("appends", "POST"),
         }
     }
 }
@@ -126,31 +134,65 @@ async fn dispatch(
         Route::Readyz => return Ok(ops::readyz(ctx).await),
         Route::Metrics => return ops::metrics(ctx, &req),
         Route::Demo(file) => return demo::file(ctx.demo, file),
+        Route::Cluster => return Ok(ops::cluster(ctx)),
+        Route::Appends => return Box::pin(internal::appends(ctx, req)).await,
         _ => {}
     }
+    if !ctx.service.cluster().available() {
+        return Err(crate::service::Error::Rejoining.into());
+    }
     let user = authenticate(ctx, &req)?;
+    let hop = forward::is_hop(
+        ctx,
+        req.method(),
+        &forward::path_and_query(req.uri()),
+        req.headers(),
+    );
+    // Routes whose owner is known before the body is read: by the user
+    // (its mailbox) or by the conversation in the path. The others
+    // (sends, new groups, receipts) decide once their body is parsed.
+    let key: Option<[u8; 16]> = match &route {
+        Route::Poll | Route::Conversations => Some(user.0.into_bytes()),
+        Route::History(id) => id.parse::<ConversationId>().ok().map(|c| c.0.into_bytes()),
+        Route::Group(id) | Route::Members(id) => id
+            .parse::<GroupId>()
+            .ok()
+            .map(|g| ConversationId::from(g).0.into_bytes()),
+        _ => None,
+    };
+    let owner = match key {
+        Some(key) => forward::owner_of(ctx, &key, hop)?,
+        None => None,
+    };
+    if let (Some(peer), false) = (owner, matches!(route, Route::Poll)) {
+        return Box::pin(forward::pass_on(ctx, peer, req)).await;
+    }
     // Each handler's future is boxed, so a parked poll's future is the size
     // of the poll handler, not of the largest handler.
     match route {
-        Route::Send => Box::pin(messages::send(ctx, user, req)).await,
+        Route::Send => Box::pin(messages::send(ctx, user, hop, req)).await,
         Route::Poll => {
             // A parked poll should not keep the request's headers alive.
             let query = req.uri().query().map(str::to_owned);
+            let via = poll::Via::of(ctx, owner, hop, &req);
             drop(req);
-            Box::pin(poll::poll(ctx, user, query.as_deref())).await
+            Box::pin(poll::poll(ctx, user, query.as_deref(), via)).await
         }
         Route::Conversations => Box::pin(conversations::list(ctx, user, &req)).await,
         Route::History(id) => Box::pin(conversations::history(ctx, user, id, &req)).await,
-        Route::CreateGroup => Box::pin(groups::create(ctx, user, req)).await,
+        Route::CreateGroup => Box::pin(groups::create(ctx, user, hop, req)).await,
         Route::Group(id) => Box::pin(groups::get(ctx, user, id)).await,
         Route::Members(id) if method == Method::GET => {
             Box::pin(groups::members(ctx, user, id, &req)).await
         }
         Route::Members(id) => Box::pin(groups::change(ctx, user, id, req)).await,
-        Route::Receipts => Box::pin(receipts::post(ctx, user, req)).await,
-        Route::Healthz | Route::Readyz | Route::Metrics | Route::Demo(_) => {
-            Err(ApiError::UnknownRoute)
-        }
+        Route::Receipts => Box::pin(receipts::post(ctx, user, hop, req)).await,
+        Route::Healthz
+        | Route::Readyz
+        | Route::Metrics
+        | Route::Demo(_)
+        | Route::Cluster
+        | Route::Appends => Err(ApiError::UnknownRoute),
     }
 }
 
