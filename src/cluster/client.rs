@@ -71,13 +71,19 @@ impl PeerClient {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| unreachable(&e))?;
+        let request = request.body(Full::new(body)).map_err(|e| unreachable(&e))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| unreachable(&e))?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| unreachable(&e))?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| unreachable(&e))?.to_bytes();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,

@@ -111,7 +111,8 @@ impl Cluster {
             remote_wait: config.remote_wait,
             forward_timeout: config.forward_timeout,
         };
-        let pause_limit = (config.probe_interval * config.down_after).max(Duration::from_millis(750));
+        let pause_limit =
+            (config.probe_interval * config.down_after).max(Duration::from_millis(750));
         let multi = peers.len() > 1;
         // HMAC takes keys of any length; an empty secret never reaches here.
         let mac = Hmac::<Sha256>::new_from_slice(secret)
@@ -284,7 +285,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -29,7 +29,7 @@ pub fn owner(seeds: &[u64], live: &[bool], key: &[u8]) -> Option<usize> {
 /// A node's seed: the hash of its id, so every node computes the same ring
 /// from the same peer list whatever its order.
 pub fn seed(node_id: &str) -> u64 {
-    xxh3_64_with_seed(node_id.as_bytes(), 0x6361_7272_6965_72)
+    xxh3_64_with_seed(node_id.as_bytes(), 0x0063_6172_7269_6572)
 }
 
 #[cfg(test)]
@@ -37,7 +37,8 @@ mod tests {
     use super::*;
 
     fn keys(n: u32) -> impl Iterator<Item = [u8; 16]> {
-        (0..n).map(|i| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &i.to_be_bytes()).into_bytes())
+        (0..n)
+            .map(|i| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &i.to_be_bytes()).into_bytes())
     }
 
     #[test]

@@ -542,7 +542,8 @@ impl Config {
             if cluster.is_multi_node() && self.storage.backend != Backend::Hbase {
                 return invalid(
                     "storage.backend",
-                    "several cluster.peers need backend = \"hbase\": nodes share one store".to_owned(),
+                    "several cluster.peers need backend = \"hbase\": nodes share one store"
+                        .to_owned(),
                 );
             }
         }

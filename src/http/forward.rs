@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::Method;
 use hyper::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
 };
-use hyper::Method;
 
 use super::Ctx;
 use super::error::ApiError;
@@ -40,7 +40,12 @@ const ANSWER_HEADERS: [&str; 6] = [
 /// Whether the request was passed on by a peer: its `x-carrier-hop` is
 /// `<node id> <signature of method and path>`, so a client cannot pose as
 /// a peer (forwarded requests skip the send rate limit, taken at the edge).
-pub(super) fn is_hop(ctx: &Ctx, method: &Method, path_and_query: &str, headers: &HeaderMap) -> bool {
+pub(super) fn is_hop(
+    ctx: &Ctx,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> bool {
     let Some(value) = headers.get(HOP).and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -57,7 +62,11 @@ fn hop_text(node: &str, method: &Method, path_and_query: &str) -> String {
 }
 
 /// The peer to pass a request for `key` to, or `None` to serve it here.
-pub(super) fn owner_of<'a>(ctx: &'a Ctx, key: &[u8], hop: bool) -> Result<Option<&'a Peer>, ApiError> {
+pub(super) fn owner_of<'a>(
+    ctx: &'a Ctx,
+    key: &[u8],
+    hop: bool,
+) -> Result<Option<&'a Peer>, ApiError> {
     match ctx.service.cluster().route(key) {
         Route::Local => Ok(None),
         Route::Remote(_) if hop => Err(ApiError::PeerUnavailable(
@@ -89,10 +98,7 @@ pub(super) async fn forward(ctx: &Ctx, out: Outgoing<'_>) -> Result<Response, Ap
         headers.push((AUTHORIZATION, auth));
     }
     if !out.body.is_empty() {
-        headers.push((
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ));
+        headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
     }
     headers.extend(out.extra);
     ctx.service.metrics().requests_forwarded.inc();

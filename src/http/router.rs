@@ -7,7 +7,9 @@ use hyper::{Method, Request};
 
 use super::error::ApiError;
 use super::response::Response;
-use super::{Ctx, conversations, cors, demo, forward, groups, internal, messages, ops, poll, receipts};
+use super::{
+    Ctx, conversations, cors, demo, forward, groups, internal, messages, ops, poll, receipts,
+};
 use crate::domain::{ConversationId, GroupId, UserId};
 
 /// The routes of the contract. Path parameters stay text until the

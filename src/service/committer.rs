@@ -247,7 +247,8 @@ impl Writer {
         }
         let mut newest = 0;
         while let Some(done) = scans.join_next().await {
-            let rows = done.map_err(|e| StoreError::Unavailable(format!("a scan stopped: {e}")))??;
+            let rows =
+                done.map_err(|e| StoreError::Unavailable(format!("a scan stopped: {e}")))??;
             if let Some(p) = rows.first().and_then(|(row, _)| keys::trailing_u64(row)) {
                 newest = newest.max(p);
             }
@@ -453,6 +454,12 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             watermark: Arc::new(Watermark::new(0)),
             closing: tokio_util::sync::CancellationToken::new(),
+            cluster: Cluster::new(
+                &crate::config::ClusterConfig::default(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                b"",
+            ),
+            deliveries: Arc::new(Deliveries::default()),
         }
     }
 

@@ -111,7 +111,10 @@ impl Outbox {
         let mut after: Option<Vec<u8>> = None;
         while !shutdown.is_cancelled() {
             let pause = match self.round(&mut after).await {
-                Ok(Round { handled: 0, blocked: false }) => {
+                Ok(Round {
+                    handled: 0,
+                    blocked: false,
+                }) => {
                     tokio::select! {
                         _ = self.kick.notified() => {}
                         _ = tokio::time::sleep(IDLE_RESCAN) => {}

@@ -260,7 +260,10 @@ impl Service {
         drop(head);
         if let Some(delivered) = committed.delivered {
             let wait = self.inner.cluster.settings.remote_wait;
-            if tokio::time::timeout(wait, delivered.notified()).await.is_err() {
+            if tokio::time::timeout(wait, delivered.notified())
+                .await
+                .is_err()
+            {
                 // Durable in the conversation and the outbox, which keeps
                 // trying: acknowledged, and counted.
                 self.inner.metrics.sends_acked_before_delivery.inc();
@@ -416,7 +419,8 @@ fn counter_value(b: &[u8]) -> Result<Seq> {
     let bytes: [u8; 8] = b
         .try_into()
         .map_err(|_| Error::Internal("malformed seq counter".into()))?;
-    u64::try_from(i64::from_be_bytes(bytes)).map_err(|_| Error::Internal("negative seq counter".into()))
+    u64::try_from(i64::from_be_bytes(bytes))
+        .map_err(|_| Error::Internal("negative seq counter".into()))
 }
 
 /// The `message_id` of a stored message object.

@@ -47,11 +47,12 @@ impl Service {
         let mut recent: HashMap<UserId, VecDeque<Bytes>> = HashMap::new();
         let mut appends = Vec::with_capacity(entries.len());
         for (user, event) in entries {
-            if !recent.contains_key(&user) {
-                let events = self.recent_events(user).await?;
-                recent.insert(user, events);
-            }
-            let seen = recent.entry(user).or_default();
+            let seen = match recent.entry(user) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.recent_events(user).await?)
+                }
+            };
             if seen.iter().any(|e| *e == event) {
                 self.inner.metrics.pushed_repeats.inc();
                 continue;
@@ -128,7 +129,13 @@ impl Takeover {
         }
     }
 
-    async fn follow(&self, newest: &Arc<View>, serving: &View, rejoining: bool, stop: &CancellationToken) {
+    async fn follow(
+        &self,
+        newest: &Arc<View>,
+        serving: &View,
+        rejoining: bool,
+        stop: &CancellationToken,
+    ) {
         let me = self.cluster.me_index();
         for (i, peer) in self.cluster.peers().iter().enumerate() {
             // Peers that left since the last view; all departed ones when
@@ -150,7 +157,11 @@ impl Takeover {
             self.wait_to_be_routed(stop).await;
             self.cluster.set_joined(true);
         }
-        tracing::info!(epoch = newest.epoch, rejoined = rejoining, "serving by the new ring");
+        tracing::info!(
+            epoch = newest.epoch,
+            rejoined = rejoining,
+            "serving by the new ring"
+        );
     }
 
     /// Finishes a departed peer's half-written batch and drains its outbox,
@@ -179,7 +190,9 @@ impl Takeover {
                     tracing::info!(peer = %peer.id, drained, "finished what a departed peer left");
                     return;
                 }
-                Err(e) => tracing::warn!(peer = %peer.id, error = %e, "cannot finish a departed peer's work yet"),
+                Err(e) => {
+                    tracing::warn!(peer = %peer.id, error = %e, "cannot finish a departed peer's work yet")
+                }
             }
             let back = index.is_some_and(|i| self.cluster.newest().live[i]);
             if back || stop.is_cancelled() {
@@ -213,7 +226,10 @@ impl Takeover {
                 return;
             }
             if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
-                tracing::warn!(?waiting, "joining although some peers do not route to this node yet");
+                tracing::warn!(
+                    ?waiting,
+                    "joining although some peers do not route to this node yet"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,9 +256,7 @@ async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
     let Ok(view) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
         return false;
     };
-    view["peers"].as_array().is_some_and(|peers| {
-        peers
-            .iter()
-            .any(|p| p["id"] == me && p["state"] == "up")
-    })
+    view["peers"]
+        .as_array()
+        .is_some_and(|peers| peers.iter().any(|p| p["id"] == me && p["state"] == "up"))
 }
