@@ -17,10 +17,22 @@ use crate::target::Peer;
 #[derive(Debug, Parser, Clone)]
 #[command(name = "carrier-loadtest", version, max_term_width = 100)]
 pub struct Args {
-    /// Address of the node (or peer) under test. Only loopback addresses or
-    /// the one target you name here receive traffic.
-    #[arg(long, global = true, default_value = "127.0.0.1:8080")]
-    pub target: SocketAddr,
+    /// Address of the node (or peer) under test, or a comma-separated list
+    /// of a cluster's nodes (`127.0.0.1:8081,127.0.0.1:8082,...`). Only the
+    /// addresses named here receive traffic. With several, each user's
+    /// devices and sends start on node `user index mod count`, and move to
+    /// the next node in the list (and retry, sends with the same
+    /// message_id) when a request gets no answer (refused, reset, timed out)
+    /// or a 502/503/504, as a multi-endpoint client would. The summary then
+    /// counts failovers and prints each user's longest send outage (see
+    /// `send outage` in docs/benchmarks.md). Nchan takes one address.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub target: Vec<SocketAddr>,
 
     /// What the target is: a Carrier node, or Nchan (see
     /// config/peers/nchan.conf) for side-by-side figures.
@@ -95,7 +107,12 @@ pub struct Args {
     pub send_conns: usize,
 
     /// Seconds a send, receipt or setup request may take before it counts
-    /// as an error.
+    /// as failed (a poll: --poll-timeout plus this). A failed send is
+    /// retried, on the next target if there are several, with backoff until
+    /// --drain seconds after the sending ends; one that never got an ack by
+    /// then is reported as unacked (every attempt refused: not stored) or
+    /// unknown (it may have landed; if it is delivered, it must reach every
+    /// device).
     #[arg(long, global = true, default_value_t = 10)]
     pub request_timeout: u64,
 

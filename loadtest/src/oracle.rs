@@ -31,11 +31,22 @@ struct Sent {
     expected: u32,
     delivered: u32,
     acked: bool,
+    /// No ack, but it may have been stored: once any device has it, every
+    /// device is owed it, as for an acked one.
+    unknown: bool,
     /// The seq it was stored at (from its ack or first delivery): one
     /// message at two seqs means it was stored twice.
     seq: Option<u64>,
     /// A caller tag (the ramp's step, for per-step figures).
     tag: u32,
+}
+
+impl Sent {
+    /// Every expected device must get it: acked, or of unknown outcome and
+    /// already seen by some device (so it was stored).
+    fn owed(&self) -> bool {
+        self.acked || (self.unknown && self.delivered > 0)
+    }
 }
 
 /// Per device and conversation: the highest seq delivered so far.
@@ -44,8 +55,9 @@ struct Track {
     max_seq: u64,
 }
 
-/// The verdict counts. Every field but `duplicated` and `unacked` fails
-/// the run when non-zero.
+/// The verdict counts. Every field but `duplicated`, `unacked`,
+/// `unknown`, `unknown_delivered` and `history_unread` fails the run when
+/// non-zero.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
     /// Acked messages with at least one device that never got them.
@@ -74,8 +86,17 @@ pub struct Counts {
     /// Conversations whose history could not be read (errors, not a
     /// verdict: nothing was compared).
     pub history_unread: u64,
-    /// Sends that got no ack (errors); not expected to be delivered.
+    /// Sends that got no ack and were not stored (a definite rejection, or
+    /// every attempt refused); not expected to be delivered.
     pub unacked: u64,
+    /// Sends whose outcome stayed unknown: no ack, but an attempt may have
+    /// been stored (no answer, or a 5xx). Not lost if never delivered; if
+    /// delivered to any device, owed to every device (else lost).
+    #[serde(default)]
+    pub unknown: u64,
+    /// Of `unknown`, those some device received (they had landed).
+    #[serde(default)]
+    pub unknown_delivered: u64,
 }
 
 impl Counts {
@@ -106,6 +127,8 @@ impl Counts {
         self.history_mismatches += o.history_mismatches;
         self.history_unread += o.history_unread;
         self.unacked += o.unacked;
+        self.unknown += o.unknown;
+        self.unknown_delivered += o.unknown_delivered;
     }
 }
 
@@ -150,6 +173,7 @@ impl Oracle {
                 expected: 0,
                 delivered: 0,
                 acked: false,
+                unknown: false,
                 seq: None,
                 tag,
             },
@@ -173,9 +197,20 @@ impl Oracle {
         }
     }
 
-    /// The send failed (no ack): it may or may not be delivered.
+    /// The send failed for sure (no ack, not stored).
     pub fn unacked(&mut self) {
         self.counts.unacked += 1;
+    }
+
+    /// The send got no ack, but may have been stored: if it shows up on
+    /// any device it must reach all `devices`; if it never does, it is not
+    /// lost.
+    pub fn unknown(&mut self, message_id: Uuid, devices: u32) {
+        self.counts.unknown += 1;
+        if let Some(sent) = self.sent.get_mut(&message_id) {
+            sent.unknown = true;
+            sent.expected = devices;
+        }
     }
 
     /// A replayed send (same `message_id`) was not answered with the same
@@ -317,7 +352,7 @@ impl Oracle {
     pub fn outstanding(&self) -> u64 {
         self.sent
             .values()
-            .filter(|s| s.acked)
+            .filter(|s| s.owed())
             .map(|s| u64::from(s.expected.saturating_sub(s.delivered)))
             .sum()
     }
@@ -326,7 +361,7 @@ impl Oracle {
     pub fn lost_with_tag(&self, tag: u32) -> u64 {
         self.sent
             .values()
-            .filter(|s| s.acked && s.tag == tag && s.delivered < s.expected)
+            .filter(|s| s.owed() && s.tag == tag && s.delivered < s.expected)
             .count() as u64
     }
 
@@ -343,7 +378,12 @@ impl Oracle {
     /// Final counts: lost messages, and gaps in every conversation's chain.
     pub fn finish(&self) -> Counts {
         let mut counts = self.counts.clone();
-        for sent in self.sent.values().filter(|s| s.acked) {
+        counts.unknown_delivered = self
+            .sent
+            .values()
+            .filter(|s| s.unknown && !s.acked && s.delivered > 0)
+            .count() as u64;
+        for sent in self.sent.values().filter(|s| s.owed()) {
             if sent.delivered < sent.expected {
                 counts.lost_messages += 1;
                 counts.lost_deliveries += u64::from(sent.expected - sent.delivered);

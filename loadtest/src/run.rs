@@ -22,6 +22,12 @@ pub fn check(args: &Args) -> Result<(), String> {
         if matches!(args.scenario, Scenario::Groups(_)) {
             return Err("groups: Nchan has no per-member mailboxes (use fanout)".into());
         }
+        if args.target.len() > 1 {
+            return Err("--peer nchan takes one --target (its channels live in one nginx)".into());
+        }
+    }
+    if args.target.is_empty() {
+        return Err("--target needs at least one address".into());
     }
     if args.peer == Peer::Carrier
         && args.config.is_none()
