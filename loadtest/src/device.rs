@@ -48,7 +48,7 @@ impl Engine {
                     Err(_) => {
                         Counters::bump(&c.poll_errors);
                         node = self.device_failed_over(node);
-                        self.pause(backoff.next()).await;
+                        self.pause(backoff.failed()).await;
                         continue;
                     }
                 },
@@ -91,7 +91,7 @@ impl Engine {
                     Err(_) if failover::unavailable(reply.status) => {
                         Counters::bump(&c.poll_errors);
                         node = self.device_failed_over(node);
-                        self.pause(backoff.next()).await;
+                        self.pause(backoff.failed()).await;
                     }
                     Err(_) => {
                         Counters::bump(&c.poll_errors);
@@ -108,7 +108,7 @@ impl Engine {
                 Ok(Err(_)) | Err(_) => {
                     Counters::bump(&c.poll_errors);
                     node = self.device_failed_over(node);
-                    self.pause(backoff.next()).await;
+                    self.pause(backoff.failed()).await;
                 }
             }
         }

@@ -213,7 +213,7 @@ impl Engine {
                 return result;
             }
             self.sender_failed_over(user, node);
-            self.pause(backoff.next()).await;
+            self.pause(backoff.failed()).await;
         }
     }
 

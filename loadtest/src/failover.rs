@@ -54,7 +54,7 @@ impl Backoff {
 
     /// Counts one more failure and says how long to wait before the next
     /// attempt.
-    pub fn next(&mut self) -> Duration {
+    pub fn failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         Self::ceiling(self.failures).mul_f64(0.5 + rand::random::<f64>() / 2.0)
     }
@@ -310,11 +310,11 @@ mod tests {
         assert_eq!(Backoff::ceiling(40), Backoff::MAX);
         let mut b = Backoff::default();
         for _ in 0..50 {
-            let wait = b.next();
+            let wait = b.failed();
             assert!(wait <= Backoff::MAX);
         }
         b.reset();
-        assert!(b.next() <= Backoff::FIRST);
+        assert!(b.failed() <= Backoff::FIRST);
     }
 
     #[test]

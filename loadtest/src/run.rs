@@ -164,6 +164,57 @@ mod tests {
     }
 
     #[test]
+    fn takes_one_target_or_a_list() {
+        let one = args(&["t", "--secret", "s", "--target", "127.0.0.1:9000", "chat"]);
+        assert_eq!(one.target, vec!["127.0.0.1:9000".parse().unwrap()]);
+        let default = args(&["t", "--secret", "s", "chat"]);
+        assert_eq!(default.target, vec!["127.0.0.1:8080".parse().unwrap()]);
+        let three = args(&[
+            "t",
+            "--secret",
+            "s",
+            "--target",
+            "127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083",
+            "chat",
+        ]);
+        let ports: Vec<u16> = three.target.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, vec![8081, 8082, 8083]);
+        assert!(check(&three).is_ok());
+        // After the scenario, too (the option is global).
+        let after = args(&[
+            "t",
+            "--secret",
+            "s",
+            "chat",
+            "--target",
+            "127.0.0.1:1,127.0.0.1:2",
+        ]);
+        assert_eq!(after.target.len(), 2);
+        assert!(Args::try_parse_from(["t", "--target", "127.0.0.1:1,nope", "chat"]).is_err());
+        // Nchan's channels live in one nginx.
+        let nchan = args(&[
+            "t",
+            "--peer",
+            "nchan",
+            "--target",
+            "127.0.0.1:1,127.0.0.1:2",
+            "chat",
+        ]);
+        assert!(check(&nchan).is_err());
+        assert!(
+            check(&args(&[
+                "t",
+                "--peer",
+                "nchan",
+                "--target",
+                "127.0.0.1:1",
+                "chat"
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn reads_a_token_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");

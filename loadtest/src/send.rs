@@ -183,7 +183,7 @@ impl Engine {
             let failed_at = self.now();
             self.outage_book().failed(sender, failed_at);
             self.sender_failed_over(sender, node);
-            let wait = backoff.next();
+            let wait = backoff.failed();
             let deadline = Duration::from_micros(self.retry_until_us.load(Ordering::Relaxed));
             if self.stop.is_cancelled() || failed_at + wait > deadline {
                 return if may_have_landed {
