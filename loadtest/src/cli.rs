@@ -9,11 +9,13 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use crate::target::Peer;
 
-/// Drives a Carrier node (or an Nchan peer) like real chat clients do:
-/// devices long-poll with their cursors and re-poll at once, senders send
-/// at an open-loop rate by the wall clock, latencies go into HdrHistograms,
-/// and a correctness oracle says whether anything was lost, reordered or
-/// corrupted. Exits 1 when the verdict is not clean, 2 on bad usage.
+/// Drives a Carrier node or cluster (or an Nchan peer) like real chat
+/// clients do: devices long-poll with their cursors and re-poll at once,
+/// senders send at an open-loop rate by the wall clock, latencies go into
+/// HdrHistograms, and a correctness oracle says whether anything was lost,
+/// reordered or corrupted. Against several nodes (`--target A,B,C`) devices
+/// and senders fail over between them and each user's longest send outage
+/// is reported. Exits 1 when the verdict is not clean, 2 on bad usage.
 #[derive(Debug, Parser, Clone)]
 #[command(name = "carrier-loadtest", version, max_term_width = 100)]
 pub struct Args {
@@ -117,7 +119,10 @@ pub struct Args {
     pub request_timeout: u64,
 
     /// Seconds to wait after the last send for every acked message to
-    /// reach every device; whatever has not arrived by then is lost.
+    /// reach every device; whatever has not arrived by then is lost. Failed
+    /// sends are retried until then (see --request-timeout); against a node
+    /// that may be stopped, give at least --poll-timeout plus
+    /// --request-timeout plus the cluster's recovery time.
     #[arg(long, global = true, default_value_t = 10)]
     pub drain: u64,
 
@@ -142,7 +147,13 @@ pub struct Args {
     #[arg(long, global = true, default_value_t = 0)]
     pub workers: usize,
 
-    /// Write every figure as JSON to this file.
+    /// Write every figure as JSON to this file. Beside the summary's figures:
+    /// `failovers` (moves of a device or a user's sender to the next
+    /// target), `send_retries`, `send_outage` (`max_ms`, `p99_ms`: per
+    /// sending user, the longest time from a failed send attempt to the ack
+    /// of an attempt made after it; `users`, `users_with_outage`,
+    /// `unrecovered`), and `verdict.unknown` / `verdict.unknown_delivered`
+    /// (sends without an ack that may have landed). See docs/benchmarks.md.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
 
