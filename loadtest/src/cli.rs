@@ -150,8 +150,8 @@ pub struct Args {
     /// Write every figure as JSON to this file. Beside the summary's figures:
     /// `failovers` (moves of a device or a user's sender to the next
     /// target), `send_retries`, `send_outage` (`max_ms`, `p99_ms`: per
-    /// sending user, the longest time from a failed send attempt to the ack
-    /// of an attempt made after it; `users`, `users_with_outage`,
+    /// sending user, the longest time from making a send attempt that failed
+    /// to the ack of an attempt made after it; `users`, `users_with_outage`,
     /// `unrecovered`), and `verdict.unknown` / `verdict.unknown_delivered`
     /// (sends without an ack that may have landed). See docs/benchmarks.md.
     #[arg(long, global = true)]

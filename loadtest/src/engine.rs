@@ -120,7 +120,12 @@ impl Engine {
             pool: Pool::new(nodes, settings.send_conns),
             nodes: nodes.to_vec(),
             sender_at: (0..users).map(|u| AtomicUsize::new(u % n)).collect(),
-            outages: Mutex::new(OutageBook::new(users)),
+            // An attempt takes at most the request timeout (a send on Nchan
+            // is two requests).
+            outages: Mutex::new(OutageBook::new(
+                users,
+                settings.request_timeout * 2 + Duration::from_secs(1),
+            )),
             retry_until_us: AtomicU64::new(0),
             target,
             sources,

@@ -5,6 +5,7 @@
 //! Pure (no I/O, no clock: times are offsets from the run's start), so
 //! crafted timings test it.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -66,25 +67,33 @@ impl Backoff {
 }
 
 /// One user's send outages so far.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct UserOutage {
     /// The user made at least one send attempt.
     sent: bool,
-    /// The first failed attempt since the user's last ack, if any.
-    open_since: Option<Duration>,
-    /// The longest outage that has ended (by an ack).
-    longest: Duration,
     /// Whether it ever had a failed attempt.
     failed: bool,
+    /// Start times of failed attempts that no ack has ended yet, ascending.
+    open: Vec<Duration>,
+    /// Recent acks as (attempt start, ack time): a failure is known only
+    /// when its attempt ends, maybe after a later attempt was acked.
+    recent: VecDeque<(Duration, Duration)>,
+    /// The longest outage that has ended.
+    longest: Duration,
 }
 
-/// Per user: the longest stretch from a failed send attempt until an ack of
-/// an attempt made at or after that failure (of the same send or a later
-/// one). An attempt that was already under way when the failure happened
-/// does not end it: it does not show that the user can send again.
+/// Per user: the longest stretch from the start of a failed send attempt
+/// until the ack of an attempt that started at or after it (a retry of the
+/// same send or a later send). An attempt that was already under way when
+/// the failed one started does not end it: it does not show that the user
+/// can send again. A timed-out attempt counts from when it was made, so a
+/// stopped node's outage includes the wait for the timeout.
 #[derive(Debug, Default)]
 pub struct OutageBook {
     users: Vec<UserOutage>,
+    /// How long an attempt may take at most: acks older than this cannot
+    /// end a failure reported later, and are forgotten.
+    horizon: Duration,
 }
 
 /// The figure, as the summary and `--json` show it (`send_outage`).
@@ -108,9 +117,11 @@ pub struct SendOutage {
 }
 
 impl OutageBook {
-    pub fn new(users: usize) -> OutageBook {
+    /// For `users` users whose attempts take at most `horizon`.
+    pub fn new(users: usize, horizon: Duration) -> OutageBook {
         OutageBook {
             users: vec![UserOutage::default(); users],
+            horizon,
         }
     }
 
@@ -121,27 +132,49 @@ impl OutageBook {
         }
     }
 
-    /// An attempt of `user` failed (no answer, or "unavailable") at `at`.
-    pub fn failed(&mut self, user: usize, at: Duration) {
-        if let Some(u) = self.users.get_mut(user) {
-            u.sent = true;
-            u.failed = true;
-            u.open_since.get_or_insert(at);
-        }
-    }
-
-    /// An attempt of `user` that started at `started` was acked at `at`.
-    pub fn acked(&mut self, user: usize, started: Duration, at: Duration) {
+    /// An attempt of `user` made at `started` failed (no answer, or
+    /// "unavailable"), as found out at `at`.
+    pub fn failed(&mut self, user: usize, started: Duration, at: Duration) {
+        let horizon = self.horizon;
         let Some(u) = self.users.get_mut(user) else {
             return;
         };
         u.sent = true;
-        if let Some(since) = u.open_since
-            && started >= since
-        {
-            u.longest = u.longest.max(at.saturating_sub(since));
-            u.open_since = None;
+        u.failed = true;
+        u.recent.retain(|&(s, _)| s + horizon >= at);
+        // A later attempt already got through: this outage is over.
+        let ended = u
+            .recent
+            .iter()
+            .filter(|&&(s, _)| s >= started)
+            .map(|&(_, t)| t)
+            .min();
+        match ended {
+            Some(t) => u.longest = u.longest.max(t.saturating_sub(started)),
+            None => {
+                let i = u.open.partition_point(|&o| o <= started);
+                u.open.insert(i, started);
+            }
         }
+    }
+
+    /// An attempt of `user` made at `started` was acked at `at`.
+    pub fn acked(&mut self, user: usize, started: Duration, at: Duration) {
+        let horizon = self.horizon;
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        u.sent = true;
+        // Failures of attempts made at or before this one are over.
+        let covered = u.open.partition_point(|&o| o <= started);
+        if let Some(&first) = u.open.first()
+            && covered > 0
+        {
+            u.longest = u.longest.max(at.saturating_sub(first));
+            u.open.drain(..covered);
+        }
+        u.recent.retain(|&(s, _)| s + horizon >= at);
+        u.recent.push_back((started, at));
     }
 
     /// The figure at `end` (outages still open count until then).
@@ -150,7 +183,7 @@ impl OutageBook {
         let mut longest: Vec<u64> = Vec::new();
         for u in self.users.iter().filter(|u| u.sent) {
             let mut worst = u.longest;
-            if let Some(since) = u.open_since {
+            if let Some(&since) = u.open.first() {
                 out.unrecovered += 1;
                 worst = worst.max(end.saturating_sub(since));
             }
@@ -215,15 +248,24 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    fn book(users: usize) -> OutageBook {
+        OutageBook::new(users, ms(2000))
+    }
+
+    /// A failure found out as soon as the attempt was made (refused).
+    fn refused(book: &mut OutageBook, user: usize, at: u64) {
+        book.failed(user, ms(at), ms(at));
+    }
+
     #[test]
     fn an_outage_runs_from_the_first_failure_to_the_next_ack() {
-        let mut book = OutageBook::new(3);
-        // User 0: fails at 1 s, retries fail at 1.2 and 1.5 s, the retry
-        // started at 3.9 s is acked at 4 s.
+        let mut book = book(3);
+        // User 0: refused at 1 s, retries refused at 1.2 and 1.5 s, the
+        // retry made at 3.9 s is acked at 4 s.
         book.attempted(0);
-        book.failed(0, ms(1000));
-        book.failed(0, ms(1200));
-        book.failed(0, ms(1500));
+        refused(&mut book, 0, 1000);
+        refused(&mut book, 0, 1200);
+        refused(&mut book, 0, 1500);
         book.acked(0, ms(3900), ms(4000));
         // User 1 never fails.
         book.attempted(1);
@@ -240,13 +282,13 @@ mod tests {
 
     #[test]
     fn an_ack_of_an_attempt_begun_before_the_failure_does_not_end_it() {
-        let mut book = OutageBook::new(1);
+        let mut book = book(1);
         // A send goes out at 0.9 s (to a node that still answers), another
-        // fails at 1 s; the first one's ack at 1.1 s says nothing about
-        // the second.
-        book.failed(0, ms(1000));
+        // is refused at 1 s; the first one's ack at 1.1 s says nothing
+        // about the second.
+        refused(&mut book, 0, 1000);
         book.acked(0, ms(900), ms(1100));
-        // A later send, begun at 2 s, is acked at 2.5 s: that ends it.
+        // A later send, made at 2 s, is acked at 2.5 s: that ends it.
         book.acked(0, ms(2000), ms(2500));
         let f = book.finish(ms(9000));
         assert_eq!(f.max_ms, 1500.0);
@@ -254,13 +296,51 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_out_attempt_counts_from_when_it_was_made() {
+        let mut book = book(1);
+        // A stopped node: the attempt made at 1 s times out at 3 s, its
+        // retry at 3.02 s times out at 5.02 s, the next one, made at 5.05 s
+        // on another node, is acked at 5.1 s.
+        book.failed(0, ms(1000), ms(3000));
+        book.failed(0, ms(3020), ms(5020));
+        book.acked(0, ms(5050), ms(5100));
+        assert_eq!(book.finish(ms(9000)).max_ms, 4100.0);
+    }
+
+    #[test]
+    fn a_failure_found_out_after_a_later_attempt_got_through_is_over() {
+        let mut book = book(1);
+        // Made at 1 s, times out at 3 s; meanwhile a send made at 1.5 s
+        // was acked at 1.6 s: the user could send after 0.6 s.
+        book.acked(0, ms(1500), ms(1600));
+        book.failed(0, ms(1000), ms(3000));
+        let f = book.finish(ms(9000));
+        assert_eq!((f.max_ms, f.unrecovered), (600.0, 0));
+    }
+
+    #[test]
+    fn an_ack_ends_only_the_failures_of_attempts_made_before_it() {
+        let mut book = book(1);
+        // Failures of attempts made at 1 s and 2 s (found out at 3 s and
+        // 4 s); an attempt made at 1.5 s is acked at 4.5 s: it ends the
+        // first (3.5 s), not the second, which the ack at 6 s of an
+        // attempt made at 5 s ends (4 s).
+        book.failed(0, ms(1000), ms(3000));
+        book.failed(0, ms(2000), ms(4000));
+        book.acked(0, ms(1500), ms(4500));
+        book.acked(0, ms(5000), ms(6000));
+        let f = book.finish(ms(9000));
+        assert_eq!((f.max_ms, f.unrecovered), (4000.0, 0));
+    }
+
+    #[test]
     fn the_longest_of_several_outages_counts() {
-        let mut book = OutageBook::new(1);
-        book.failed(0, ms(1000));
+        let mut book = book(1);
+        refused(&mut book, 0, 1000);
         book.acked(0, ms(1050), ms(1400)); // 400 ms
-        book.failed(0, ms(5000));
+        refused(&mut book, 0, 5000);
         book.acked(0, ms(5000), ms(7500)); // 2,500 ms
-        book.failed(0, ms(8000));
+        refused(&mut book, 0, 8000);
         book.acked(0, ms(8100), ms(8200)); // 200 ms
         let f = book.finish(ms(9000));
         assert_eq!(f.max_ms, 2500.0);
@@ -269,9 +349,9 @@ mod tests {
 
     #[test]
     fn an_outage_no_ack_ends_counts_until_the_end_and_is_flagged() {
-        let mut book = OutageBook::new(2);
-        book.failed(0, ms(2000));
-        book.failed(0, ms(2500));
+        let mut book = book(2);
+        refused(&mut book, 0, 2000);
+        refused(&mut book, 0, 2500);
         book.attempted(1);
         let f = book.finish(ms(12_000));
         assert_eq!(f.unrecovered, 1);
@@ -282,12 +362,12 @@ mod tests {
     #[test]
     fn p99_is_over_every_sending_user_and_merges_across_workers() {
         // 200 users: 197 never fail, three are out 1, 2 and 5 s.
-        let mut book = OutageBook::new(200);
+        let mut book = book(200);
         for u in 0..200 {
             book.attempted(u);
         }
         for (u, out) in [(10, 1000), (20, 2000), (30, 5000)] {
-            book.failed(u, ms(100));
+            refused(&mut book, u, 100);
             book.acked(u, ms(100 + out), ms(100 + out));
         }
         let f = book.finish(ms(6000));

@@ -61,8 +61,9 @@ pub struct RunResult {
     /// Send attempts after each send's first (same message_id and body).
     #[serde(default)]
     pub send_retries: u64,
-    /// Per user, the longest stretch from a failed send attempt to the
-    /// next ack of an attempt made after it: max and p99 over sending users.
+    /// Per user, the longest stretch from making a send attempt that
+    /// failed to the ack of an attempt made at or after it: max and p99
+    /// over sending users.
     #[serde(default)]
     pub send_outage: SendOutage,
     pub history_checked: u64,

@@ -181,7 +181,7 @@ impl Engine {
                 };
             }
             let failed_at = self.now();
-            self.outage_book().failed(sender, failed_at);
+            self.outage_book().failed(sender, started, failed_at);
             self.sender_failed_over(sender, node);
             let wait = backoff.failed();
             let deadline = Duration::from_micros(self.retry_until_us.load(Ordering::Relaxed));
