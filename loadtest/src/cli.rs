@@ -113,8 +113,8 @@ pub struct Args {
     /// retried, on the next target if there are several, with backoff until
     /// --drain seconds after the sending ends; one that never got an ack by
     /// then is reported as unacked (every attempt refused: not stored) or
-    /// unknown (it may have landed; if it is delivered, it must reach every
-    /// device).
+    /// unknown (it may have landed; once a device or history shows it did,
+    /// it must reach every device).
     #[arg(long, global = true, default_value_t = 10)]
     pub request_timeout: u64,
 
@@ -152,7 +152,7 @@ pub struct Args {
     /// target), `send_retries`, `send_outage` (`max_ms`, `p99_ms`: per
     /// sending user, the longest time from making a send attempt that failed
     /// to the ack of an attempt made after it; `users`, `users_with_outage`,
-    /// `unrecovered`), and `verdict.unknown` / `verdict.unknown_delivered`
+    /// `unrecovered`), and `verdict.unknown` / `verdict.unknown_landed`
     /// (sends without an ack that may have landed). See docs/benchmarks.md.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,

@@ -31,9 +31,11 @@ struct Sent {
     expected: u32,
     delivered: u32,
     acked: bool,
-    /// No ack, but it may have been stored: once any device has it, every
-    /// device is owed it, as for an acked one.
+    /// No ack, but it may have been stored: once any device has it (or
+    /// history holds it), every device is owed it, as for an acked one.
     unknown: bool,
+    /// History holds it (for an `unknown` send: it was stored).
+    in_history: bool,
     /// The seq it was stored at (from its ack or first delivery): one
     /// message at two seqs means it was stored twice.
     seq: Option<u64>,
@@ -45,7 +47,7 @@ impl Sent {
     /// Every expected device must get it: acked, or of unknown outcome and
     /// already seen by some device (so it was stored).
     fn owed(&self) -> bool {
-        self.acked || (self.unknown && self.delivered > 0)
+        self.acked || (self.unknown && (self.delivered > 0 || self.in_history))
     }
 }
 
@@ -56,7 +58,7 @@ struct Track {
 }
 
 /// The verdict counts. Every field but `duplicated`, `unacked`,
-/// `unknown`, `unknown_delivered` and `history_unread` fails the run when
+/// `unknown`, `unknown_landed` and `history_unread` fails the run when
 /// non-zero.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
@@ -94,9 +96,10 @@ pub struct Counts {
     /// delivered to any device, owed to every device (else lost).
     #[serde(default)]
     pub unknown: u64,
-    /// Of `unknown`, those some device received (they had landed).
+    /// Of `unknown`, those found stored: some device received it, or
+    /// history holds it.
     #[serde(default)]
-    pub unknown_delivered: u64,
+    pub unknown_landed: u64,
 }
 
 impl Counts {
@@ -128,7 +131,7 @@ impl Counts {
         self.history_unread += o.history_unread;
         self.unacked += o.unacked;
         self.unknown += o.unknown;
-        self.unknown_delivered += o.unknown_delivered;
+        self.unknown_landed += o.unknown_landed;
     }
 }
 
@@ -174,6 +177,7 @@ impl Oracle {
                 delivered: 0,
                 acked: false,
                 unknown: false,
+                in_history: false,
                 seq: None,
                 tag,
             },
@@ -234,6 +238,7 @@ impl Oracle {
     /// and nothing less. Returns (and counts) the places they differ.
     pub fn check_history(&mut self, conversation: Uuid, history: &[Seen]) -> u64 {
         let mut bad = 0;
+        let mut landed = Vec::new();
         let live = self.chains.get(&conversation);
         let mut seqs = HashSet::new();
         for m in history {
@@ -245,18 +250,31 @@ impl Oracle {
                 bad += 1;
                 continue;
             }
-            let same_id = live.and_then(|c| c.get(&seq)).map(|(id, _)| *id) == Some(m.message_id);
-            let same_body = self
-                .sent
-                .get(&m.message_id)
+            let live_id = live.and_then(|c| c.get(&seq)).map(|(id, _)| *id);
+            let sent = self.sent.get(&m.message_id);
+            let same_body = sent
                 .is_some_and(|s| s.body_hash == m.body_hash && s.conversation_id == conversation);
-            if !same_id || !same_body {
+            // A send of unknown outcome that no device got live but that
+            // was stored: not a mismatch, but now owed to every device.
+            let landed_unseen = live_id.is_none()
+                && same_body
+                && sent.is_some_and(|s| s.unknown && !s.acked && s.seq.is_none_or(|k| k == seq));
+            if landed_unseen {
+                landed.push((m.message_id, seq, m.prev_message_id));
+            } else if live_id != Some(m.message_id) || !same_body {
                 bad += 1;
             }
         }
         // Anything live that history does not hold.
         if let Some(live) = live {
             bad += live.keys().filter(|seq| !seqs.contains(seq)).count() as u64;
+        }
+        for (id, seq, prev) in landed {
+            if let Some(sent) = self.sent.get_mut(&id) {
+                sent.in_history = true;
+                sent.seq = Some(seq);
+            }
+            self.chain(conversation, seq, id, prev);
         }
         self.counts.history_mismatches += bad;
         bad
@@ -378,10 +396,10 @@ impl Oracle {
     /// Final counts: lost messages, and gaps in every conversation's chain.
     pub fn finish(&self) -> Counts {
         let mut counts = self.counts.clone();
-        counts.unknown_delivered = self
+        counts.unknown_landed = self
             .sent
             .values()
-            .filter(|s| s.unknown && !s.acked && s.delivered > 0)
+            .filter(|s| s.unknown && !s.acked && (s.delivered > 0 || s.in_history))
             .count() as u64;
         for sent in self.sent.values().filter(|s| s.owed()) {
             if sent.delivered < sent.expected {

@@ -183,7 +183,7 @@ fn unknown_landed(to: &[usize]) -> Counts {
 #[test]
 fn a_send_of_unknown_outcome_is_fine_delivered_everywhere_or_nowhere() {
     let everywhere = unknown_landed(&[0, 1]);
-    assert_eq!((everywhere.unknown, everywhere.unknown_delivered), (1, 1));
+    assert_eq!((everywhere.unknown, everywhere.unknown_landed), (1, 1));
     assert_eq!(everywhere.corrupted, 0);
     assert!(everywhere.clean(), "{everywhere:?}");
 
@@ -192,8 +192,31 @@ fn a_send_of_unknown_outcome_is_fine_delivered_everywhere_or_nowhere() {
     oracle.unknown(Uuid::from_u128(78), 1);
     assert_eq!(oracle.outstanding(), 0);
     let nowhere = oracle.finish();
-    assert_eq!((nowhere.unknown, nowhere.unknown_delivered), (1, 0));
+    assert_eq!((nowhere.unknown, nowhere.unknown_landed), (1, 0));
     assert!(nowhere.clean(), "{nowhere:?}");
+}
+
+#[test]
+fn history_holding_an_undelivered_send_of_unknown_outcome_is_no_mismatch_but_a_loss() {
+    let (mut oracle, msgs) = world(1, 1);
+    oracle.delivered(0, &msgs[0], false);
+    let id = Uuid::from_u128(79);
+    oracle.issued(id, CONV, 5, 0);
+    oracle.unknown(id, 1);
+    let stored = Seen {
+        message_id: id,
+        conversation_id: CONV,
+        seq: Some(2),
+        prev_message_id: Some(msgs[0].message_id),
+        body_hash: 5,
+    };
+    assert_eq!(oracle.check_history(CONV, &[stored, msgs[0].clone()]), 0);
+    let counts = oracle.finish();
+    assert_eq!(counts.history_mismatches, 0);
+    assert_eq!((counts.unknown, counts.unknown_landed), (1, 1));
+    // It was stored, so the device was owed it.
+    assert_eq!(counts.lost_messages, 1);
+    assert!(!counts.clean());
 }
 
 #[test]

@@ -262,7 +262,7 @@ impl RunResult {
         row(
             "oracle",
             format!(
-                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked, {} unreadable), unacked {}, unknown outcome {} ({} of them delivered)",
+                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked, {} unreadable), unacked {}, unknown outcome {} ({} of them landed)",
                 v.lost_messages,
                 v.lost_deliveries,
                 v.reordered,
@@ -280,7 +280,7 @@ impl RunResult {
                 v.history_unread,
                 v.unacked,
                 v.unknown,
-                v.unknown_delivered
+                v.unknown_landed
             ),
         );
         if let Some(why) = &self.aborted {
