@@ -332,14 +332,7 @@ impl Engine {
         .await;
         retry_until(Instant::now());
         let sending = started.elapsed().as_secs_f64().max(seconds);
-        let deadline = Instant::now() + self.settings.request_timeout + drain;
-        while Instant::now() < deadline && !self.stop.is_cancelled() {
-            let settled = self.inflight.load(Ordering::Relaxed) == 0;
-            if settled && self.books().oracle.outstanding() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.settle(self.settings.request_timeout + drain).await;
         // Acked sends over the time from the first send to the last ack: a
         // server that acks late does not get credit for the offered rate.
         let last_ack = Duration::from_micros(self.last_ack_us.load(Ordering::Relaxed));
@@ -360,6 +353,19 @@ impl Engine {
             ack,
             delivery,
             lost: self.books().oracle.lost_with_tag(tag),
+        }
+    }
+
+    /// Waits (up to `bound`) until no send is in flight and every owed
+    /// delivery has arrived.
+    pub async fn settle(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            let settled = self.inflight.load(Ordering::Relaxed) == 0;
+            if settled && self.books().oracle.outstanding() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

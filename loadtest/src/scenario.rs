@@ -126,6 +126,9 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
 
     progress.say("checking history");
     result.history_checked = check_history(&engine, args.history_check).await;
+    // History may have shown sends of unknown outcome to have been stored:
+    // they are owed to every device now, so give them a drain of their own.
+    engine.settle(drain).await;
     engine.stop.cancel();
     let _ = sampler.await;
     devices.shutdown().await;
