@@ -3,8 +3,9 @@
 //! `--cut-polls` some polls are cut by dropping the connection at a random
 //! moment (as a proxy that kills idle connections would); the device then
 //! reconnects and polls again from the same cursor. With several target
-//! nodes, a poll that gets no answer (refused, reset, or nothing within
-//! --poll-timeout plus --request-timeout) or a 502/503/504 moves the device
+//! nodes, a poll that gets no answer (refused, reset, or, on Carrier,
+//! nothing within --poll-timeout plus --request-timeout) or a 502/503/504
+//! moves the device
 //! to the next node, where it polls on from the same cursor (a cursor is a
 //! position in the user's mailbox, valid on every node).
 
@@ -36,10 +37,12 @@ impl Engine {
         let mut conn = Some(conn);
         let c = &self.counters;
         let mut backoff = Backoff::default();
-        // A poll's answer is due within its park time plus the usual
-        // request bound; past that the node counts as gone.
-        let poll_bound =
-            Duration::from_secs(self.settings.poll_timeout) + self.settings.request_timeout;
+        // A Carrier poll's answer is due within its park time plus the usual
+        // request bound; past that the node counts as gone. (Nchan parks a
+        // poll for as long as its own configuration says.)
+        let poll_bound = self.target.ordered().then(|| {
+            Duration::from_secs(self.settings.poll_timeout) + self.settings.request_timeout
+        });
         while !self.stop.is_cancelled() {
             let mut open = match conn.take() {
                 Some(open) if open.is_open() => open,
@@ -66,7 +69,7 @@ impl Engine {
             Counters::bump(&c.polls);
             c.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = tokio::select! {
-                r = tokio::time::timeout(poll_bound, open.call(request)) => Some(r),
+                r = within(poll_bound, open.call(request)) => Some(r),
                 _ = sleep_or_never(cut) => None,
                 _ = self.stop.cancelled() => {
                     c.parked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -199,6 +202,17 @@ impl Engine {
             Ok(reply) if reply.status.is_success() => Counters::bump(&self.counters.receipts),
             _ => Counters::bump(&self.counters.send_errors),
         }
+    }
+}
+
+/// `f`, bounded by `bound` if there is one.
+async fn within<T>(
+    bound: Option<Duration>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    match bound {
+        Some(bound) => tokio::time::timeout(bound, f).await,
+        None => Ok(f.await),
     }
 }
 
