@@ -171,9 +171,13 @@ impl Engine {
                 }
                 Err(failure) => failure,
             };
+            // Nchan publishes are not idempotent: never sent twice, and a
+            // failure counts as before (unacked, nothing owed).
+            if !self.target.ordered() {
+                return Outcome::NotStored;
+            }
             may_have_landed |= failure.may_have_landed();
-            // Nchan publishes are not idempotent: never sent twice.
-            if !failure.retryable() || !self.target.ordered() {
+            if !failure.retryable() {
                 return if may_have_landed {
                     Outcome::Unknown
                 } else {
