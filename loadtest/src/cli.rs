@@ -9,18 +9,32 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use crate::target::Peer;
 
-/// Drives a Carrier node (or an Nchan peer) like real chat clients do:
-/// devices long-poll with their cursors and re-poll at once, senders send
-/// at an open-loop rate by the wall clock, latencies go into HdrHistograms,
-/// and a correctness oracle says whether anything was lost, reordered or
-/// corrupted. Exits 1 when the verdict is not clean, 2 on bad usage.
+/// Drives a Carrier node or cluster (or an Nchan peer) like real chat
+/// clients do: devices long-poll with their cursors and re-poll at once,
+/// senders send at an open-loop rate by the wall clock, latencies go into
+/// HdrHistograms, and a correctness oracle says whether anything was lost,
+/// reordered or corrupted. Against several nodes (`--target A,B,C`) devices
+/// and senders fail over between them and each user's longest send outage
+/// is reported. Exits 1 when the verdict is not clean, 2 on bad usage.
 #[derive(Debug, Parser, Clone)]
 #[command(name = "carrier-loadtest", version, max_term_width = 100)]
 pub struct Args {
-    /// Address of the node (or peer) under test. Only loopback addresses or
-    /// the one target you name here receive traffic.
-    #[arg(long, global = true, default_value = "127.0.0.1:8080")]
-    pub target: SocketAddr,
+    /// Address of the node (or peer) under test, or a comma-separated list
+    /// of a cluster's nodes (`127.0.0.1:8081,127.0.0.1:8082,...`). Only the
+    /// addresses named here receive traffic. With several, each user's
+    /// devices and sends start on node `user index mod count`, and move to
+    /// the next node in the list (and retry, sends with the same
+    /// message_id) when a request gets no answer (refused, reset, timed out)
+    /// or a 502/503/504, as a multi-endpoint client would. The summary then
+    /// counts failovers and prints each user's longest send outage (see
+    /// `send outage` in docs/benchmarks.md). Nchan takes one address.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub target: Vec<SocketAddr>,
 
     /// What the target is: a Carrier node, or Nchan (see
     /// config/peers/nchan.conf) for side-by-side figures.
@@ -95,12 +109,20 @@ pub struct Args {
     pub send_conns: usize,
 
     /// Seconds a send, receipt or setup request may take before it counts
-    /// as an error.
+    /// as failed (a poll: --poll-timeout plus this). A failed send is
+    /// retried, on the next target if there are several, with backoff until
+    /// --drain seconds after the sending ends; one that never got an ack by
+    /// then is reported as unacked (every attempt refused: not stored) or
+    /// unknown (it may have landed; once a device or history shows it did,
+    /// it must reach every device).
     #[arg(long, global = true, default_value_t = 10)]
     pub request_timeout: u64,
 
     /// Seconds to wait after the last send for every acked message to
-    /// reach every device; whatever has not arrived by then is lost.
+    /// reach every device; whatever has not arrived by then is lost. Failed
+    /// sends are retried until then (see --request-timeout); against a node
+    /// that may be stopped, give at least --poll-timeout plus
+    /// --request-timeout plus the cluster's recovery time.
     #[arg(long, global = true, default_value_t = 10)]
     pub drain: u64,
 
@@ -125,7 +147,13 @@ pub struct Args {
     #[arg(long, global = true, default_value_t = 0)]
     pub workers: usize,
 
-    /// Write every figure as JSON to this file.
+    /// Write every figure as JSON to this file. Beside the summary's figures:
+    /// `failovers` (moves of a device or a user's sender to the next
+    /// target), `send_retries`, `send_outage` (`max_ms`, `p99_ms`: per
+    /// sending user, the longest time from making a send attempt that failed
+    /// to the ack of an attempt made after it; `users`, `users_with_outage`,
+    /// `unrecovered`), and `verdict.unknown` / `verdict.unknown_landed`
+    /// (sends without an ack that may have landed). See docs/benchmarks.md.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
 

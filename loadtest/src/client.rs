@@ -1,6 +1,7 @@
 //! Raw HTTP/1.1 client connections: one TCP connection per virtual device,
 //! bound to a chosen loopback source address so 100,000+ sockets fit in the
-//! port space, and a pool of them for sends.
+//! port space, and a pool of them for sends (idle connections kept per
+//! target node, the cap shared by all).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{SendRequest, handshake};
+use hyper::header::{HOST, HeaderValue};
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
@@ -48,11 +50,14 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn new(target: SocketAddr, count: usize) -> Sources {
+    /// For sockets to `targets` (loopback sources only if every target is
+    /// on IPv4 loopback).
+    pub fn new(targets: &[SocketAddr], count: usize) -> Sources {
         Sources {
             count: count.clamp(1, 250),
             next: AtomicUsize::new(0),
-            loopback: target.ip().is_loopback() && target.is_ipv4(),
+            loopback: !targets.is_empty()
+                && targets.iter().all(|t| t.ip().is_loopback() && t.is_ipv4()),
         }
     }
 
@@ -71,6 +76,8 @@ impl Sources {
 pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
     task: JoinHandle<()>,
+    /// The `Host` header of every request on it: the node it is open to.
+    host: HeaderValue,
 }
 
 impl Drop for Conn {
@@ -99,7 +106,9 @@ impl Conn {
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn { sender, task })
+        let host =
+            HeaderValue::from_str(&target.to_string()).map_err(|e| ClientError::Build(e.into()))?;
+        Ok(Conn { sender, task, host })
     }
 
     /// Whether the server may still answer on this connection.
@@ -107,8 +116,10 @@ impl Conn {
         !self.sender.is_closed() && !self.task.is_finished()
     }
 
-    /// Sends one request and reads the whole response.
-    pub async fn call(&mut self, request: Request<Full<Bytes>>) -> Result<Reply, ClientError> {
+    /// Sends one request (with this connection's node as its `Host`) and
+    /// reads the whole response.
+    pub async fn call(&mut self, mut request: Request<Full<Bytes>>) -> Result<Reply, ClientError> {
+        request.headers_mut().insert(HOST, self.host.clone());
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
@@ -121,52 +132,59 @@ impl Conn {
     }
 }
 
-/// Connections for sends and other short requests, opened on demand up to a
-/// cap. A request that finds every connection busy and the cap reached
-/// waits for one, and that wait counts in its latency.
+/// Connections for sends and other short requests to any of the target
+/// nodes, opened on demand up to a cap shared by all nodes. A request that
+/// finds every connection busy and the cap reached waits for one, and that
+/// wait counts in its latency.
 pub struct Pool {
-    target: SocketAddr,
-    idle: Mutex<Vec<Conn>>,
+    nodes: Vec<SocketAddr>,
+    /// Idle connections, one list per node.
+    idle: Vec<Mutex<Vec<Conn>>>,
     permits: Semaphore,
     /// Connections open now (for the progress line and the fd budget).
     pub open: AtomicUsize,
 }
 
 impl Pool {
-    pub fn new(target: SocketAddr, cap: usize) -> Pool {
+    pub fn new(nodes: &[SocketAddr], cap: usize) -> Pool {
         Pool {
-            target,
-            idle: Mutex::new(Vec::new()),
+            nodes: nodes.to_vec(),
+            idle: nodes.iter().map(|_| Mutex::new(Vec::new())).collect(),
             permits: Semaphore::new(cap.max(1)),
             open: AtomicUsize::new(0),
         }
     }
 
-    /// Sends `request` on an idle connection (or a new one), within
-    /// `timeout` from now.
+    /// Sends `request` to node `node` (an index into the targets) on an
+    /// idle connection (or a new one), within `timeout` from now.
     pub async fn call(
         &self,
+        node: usize,
         sources: &Sources,
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        tokio::time::timeout(timeout, self.call_inner(sources, request))
+        tokio::time::timeout(timeout, self.call_inner(node, sources, request))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
 
     async fn call_inner(
         &self,
+        node: usize,
         sources: &Sources,
         request: Request<Full<Bytes>>,
     ) -> Result<Reply, ClientError> {
+        let (Some(&addr), Some(idle)) = (self.nodes.get(node), self.idle.get(node)) else {
+            return Err(ClientError::Timeout);
+        };
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| ClientError::Timeout)?;
         let reused = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut found = None;
             while let Some(conn) = idle.pop() {
                 if conn.is_open() {
@@ -180,25 +198,27 @@ impl Pool {
         let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(conn) => conn,
-            None => self.fresh(sources).await?,
+            None => self.fresh(addr, sources).await?,
         };
         let mut result = conn.call(request.clone()).await;
-        if result.is_err() && was_reused {
+        if was_reused && let Err(first) = result {
             // A kept-alive connection the server closed while idle (its
             // header timeout): try once more on a new one, as HTTP clients
             // do. Every request this pool carries is idempotent (sends by
-            // message_id, receipts, history reads).
+            // message_id, receipts, history reads). If no new connection
+            // opens, the first error stands: the request may have reached
+            // the server, so it is not a mere refused connection.
             self.open.fetch_sub(1, Ordering::Relaxed);
-            conn = self.fresh(sources).await?;
+            conn = match self.fresh(addr, sources).await {
+                Ok(conn) => conn,
+                Err(_) => return Err(first),
+            };
             result = conn.call(request).await;
         }
         match result {
             Ok(reply) => {
                 if conn.is_open() {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(conn);
+                    idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
                 } else {
                     self.open.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -211,16 +231,18 @@ impl Pool {
         }
     }
 
-    async fn fresh(&self, sources: &Sources) -> Result<Conn, ClientError> {
-        let conn = Conn::open(self.target, sources).await?;
+    async fn fresh(&self, addr: SocketAddr, sources: &Sources) -> Result<Conn, ClientError> {
+        let conn = Conn::open(addr, sources).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }
 
     /// Closes every idle connection.
     pub fn close(&self) {
-        let drained: Vec<Conn> =
-            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        self.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        for idle in &self.idle {
+            let drained: Vec<Conn> =
+                std::mem::take(&mut *idle.lock().unwrap_or_else(|e| e.into_inner()));
+            self.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        }
     }
 }

@@ -2,7 +2,12 @@
 //! once with the returned cursor, as a real client does. With
 //! `--cut-polls` some polls are cut by dropping the connection at a random
 //! moment (as a proxy that kills idle connections would); the device then
-//! reconnects and polls again from the same cursor.
+//! reconnects and polls again from the same cursor. With several target
+//! nodes, a poll that gets no answer (refused, reset, or, on Carrier,
+//! nothing within --poll-timeout plus --request-timeout) or a 502/503/504
+//! moves the device
+//! to the next node, where it polls on from the same cursor (a cursor is a
+//! position in the user's mailbox, valid on every node).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::client::Conn;
 use crate::engine::Engine;
+use crate::failover::{self, Backoff};
 use crate::oracle::Delivery;
 use crate::stats::Counters;
 use crate::target::Event;
@@ -19,19 +25,33 @@ use crate::target::Event;
 const CUT_WITHIN: Duration = Duration::from_millis(1000);
 
 impl Engine {
-    pub async fn device_loop(self: Arc<Self>, d: usize, conn: Conn, mut cursor: String) {
+    pub async fn device_loop(
+        self: Arc<Self>,
+        d: usize,
+        mut node: usize,
+        conn: Conn,
+        mut cursor: String,
+    ) {
         let device = &self.plan.devices[d];
         let who = &self.plan.users[device.user];
         let mut conn = Some(conn);
         let c = &self.counters;
+        let mut backoff = Backoff::default();
+        // A Carrier poll's answer is due within its park time plus the usual
+        // request bound; past that the node counts as gone. (Nchan parks a
+        // poll for as long as its own configuration says.)
+        let poll_bound = self.target.ordered().then(|| {
+            Duration::from_secs(self.settings.poll_timeout) + self.settings.request_timeout
+        });
         while !self.stop.is_cancelled() {
             let mut open = match conn.take() {
                 Some(open) if open.is_open() => open,
-                _ => match Conn::open(self.target.addr, &self.sources).await {
+                _ => match Conn::open(self.nodes[node], &self.sources).await {
                     Ok(open) => open,
                     Err(_) => {
                         Counters::bump(&c.poll_errors);
-                        self.pause(Duration::from_millis(200)).await;
+                        node = self.device_failed_over(node);
+                        self.pause(backoff.failed()).await;
                         continue;
                     }
                 },
@@ -49,7 +69,7 @@ impl Engine {
             Counters::bump(&c.polls);
             c.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = tokio::select! {
-                r = open.call(request) => Some(r),
+                r = within(poll_bound, open.call(request)) => Some(r),
                 _ = sleep_or_never(cut) => None,
                 _ = self.stop.cancelled() => {
                     c.parked.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -64,11 +84,17 @@ impl Engine {
                 continue;
             };
             match result {
-                Ok(reply) => match self.target.parse_poll(&reply, &cursor) {
+                Ok(Ok(reply)) => match self.target.parse_poll(&reply, &cursor) {
                     Ok((events, next)) => {
+                        backoff.reset();
                         self.on_events(d, &events, Instant::now());
                         cursor = next;
                         conn = Some(open);
+                    }
+                    Err(_) if failover::unavailable(reply.status) => {
+                        Counters::bump(&c.poll_errors);
+                        node = self.device_failed_over(node);
+                        self.pause(backoff.failed()).await;
                     }
                     Err(_) => {
                         Counters::bump(&c.poll_errors);
@@ -81,15 +107,27 @@ impl Engine {
                         self.pause(Duration::from_millis(wait)).await;
                     }
                 },
-                Err(_) => {
+                // No answer (reset, closed, or nothing in time).
+                Ok(Err(_)) | Err(_) => {
                     Counters::bump(&c.poll_errors);
-                    self.pause(Duration::from_millis(50)).await;
+                    node = self.device_failed_over(node);
+                    self.pause(backoff.failed()).await;
                 }
             }
         }
     }
 
-    async fn pause(&self, d: Duration) {
+    /// A device's node failed it: the next node in the list (counted as a
+    /// failover when there is another).
+    fn device_failed_over(&self, node: usize) -> usize {
+        let next = failover::next(node, self.nodes.len());
+        if next != node {
+            Counters::bump(&self.counters.failovers);
+        }
+        next
+    }
+
+    pub async fn pause(&self, d: Duration) {
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
             _ = self.stop.cancelled() => {}
@@ -160,14 +198,21 @@ impl Engine {
         let Ok(request) = self.target.read_receipt(who, conversation_id, seq) else {
             return;
         };
-        match self
-            .pool
-            .call(&self.sources, request, self.settings.request_timeout)
-            .await
-        {
+        match self.call_as(user, 2 * self.nodes.len(), request).await {
             Ok(reply) if reply.status.is_success() => Counters::bump(&self.counters.receipts),
             _ => Counters::bump(&self.counters.send_errors),
         }
+    }
+}
+
+/// `f`, bounded by `bound` if there is one.
+async fn within<T>(
+    bound: Option<Duration>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    match bound {
+        Some(bound) => tokio::time::timeout(bound, f).await,
+        None => Ok(f.await),
     }
 }
 

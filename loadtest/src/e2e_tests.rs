@@ -1,5 +1,6 @@
 //! End to end: short runs against a real Carrier node in this process on
-//! 127.0.0.1:0 (embedded store in a temp folder), verdict must be clean.
+//! 127.0.0.1:0 (embedded store in a temp folder), verdict must be clean;
+//! and failover from a dead, a refusing or a silent first target to it.
 
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ async fn node() -> Node {
 }
 
 async fn wait_ready(addr: std::net::SocketAddr) {
-    let sources = crate::client::Sources::new(addr, 1);
+    let sources = crate::client::Sources::new(&[addr], 1);
     for _ in 0..400 {
         if let Ok(mut conn) = crate::client::Conn::open(addr, &sources).await {
             let req = hyper::Request::get("/readyz")
@@ -72,11 +73,15 @@ impl Node {
 }
 
 async fn run(node: &Node, extra: &[&str]) -> RunResult {
-    let addr = node.addr.to_string();
+    run_against(&node.addr.to_string(), extra).await
+}
+
+/// A run against `targets` (one address or a comma-separated list).
+async fn run_against(targets: &str, extra: &[&str]) -> RunResult {
     let mut argv = vec![
         "carrier-loadtest",
         "--target",
-        &addr,
+        targets,
         "--secret",
         SECRET,
         "--quiet",
@@ -177,4 +182,120 @@ async fn a_short_groups_run_is_clean() {
     assert_eq!(r.acked, 100);
     // Four other members' devices per message.
     assert_eq!(r.delivered, 4 * r.acked, "{}", r.table());
+}
+
+/// A loopback port nothing listens on (bound once, then closed).
+async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A node that answers every request `503 Service Unavailable`.
+async fn unavailable_node() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    hyper::Response::builder()
+                        .status(503)
+                        .header("retry-after", "1")
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                            br#"{"error":{"code":"unavailable","message":"test"}}"#,
+                        )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A node that accepts connections and never answers (as a SIGSTOPped
+/// process's listen backlog does).
+async fn silent_node() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// Twenty users, two per conversation: the ten of even index start on
+/// `first`, the others on the real node. Every even user's devices and
+/// sends must move to the real node, and every send be acked there.
+async fn fails_over_from(first: std::net::SocketAddr, extra: &[&str]) -> RunResult {
+    let node = node().await;
+    let targets = format!("{first},{}", node.addr);
+    // No receipts: a receipt's failover would move its user before the
+    // user's first send, which then never fails.
+    let mut argv = extra.to_vec();
+    argv.extend_from_slice(&[
+        "--read-receipts",
+        "0",
+        "--seconds",
+        "1",
+        "chat",
+        "--users",
+        "20",
+        "--rate",
+        "100",
+    ]);
+    let r = run_against(&targets, &argv).await;
+    node.shutdown().await;
+    assert!(r.clean, "{}", r.table());
+    assert_eq!(r.issued, 100);
+    assert_eq!(r.acked, r.issued, "{}", r.table());
+    assert_eq!(r.verdict.unknown, 0, "{}", r.table());
+    assert_eq!(r.verdict.unacked, 0, "{}", r.table());
+    // Each even user's device and sender moved once.
+    assert_eq!(r.failovers, 20, "{}", r.table());
+    assert!(r.send_retries >= 10, "{}", r.table());
+    assert_eq!(r.send_outage.users, 20, "{}", r.table());
+    assert_eq!(r.send_outage.users_with_outage, 10, "{}", r.table());
+    assert_eq!(r.send_outage.unrecovered, 0, "{}", r.table());
+    assert!(r.send_outage.max_ms >= r.send_outage.p99_ms);
+    assert!(r.target.contains(','), "{}", r.target);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_when_the_first_target_refuses_connections() {
+    let dead = closed_port().await;
+    fails_over_from(dead, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_when_the_first_target_answers_503() {
+    let unavailable = unavailable_node().await;
+    fails_over_from(unavailable, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_when_the_first_target_never_answers() {
+    let silent = silent_node().await;
+    // Each attempt on the silent node ends at the request timeout.
+    fails_over_from(silent, &["--request-timeout", "1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_target_has_no_failovers_and_no_outage() {
+    let node = node().await;
+    let r = run(
+        &node,
+        &["--seconds", "1", "chat", "--users", "10", "--rate", "50"],
+    )
+    .await;
+    node.shutdown().await;
+    assert!(r.clean, "{}", r.table());
+    assert_eq!((r.failovers, r.send_retries), (0, 0), "{}", r.table());
+    assert_eq!(r.send_outage.users_with_outage, 0, "{}", r.table());
+    assert_eq!(r.send_outage.max_ms, 0.0);
 }

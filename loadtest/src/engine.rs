@@ -1,9 +1,12 @@
 //! The running load: devices parked on long polls, an open-loop stream of
 //! sends, and the books (oracle + issue times) both sides write into.
 //! Scenarios drive it in phases (one for `chat`, one per step for `ramp`).
+//! With several target nodes, each user's devices and sends start on node
+//! `user mod nodes` and fail over along the list (see [`crate::failover`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,7 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::client::{Conn, Pool, Sources};
+use crate::client::{ClientError, Conn, Pool, Reply, Sources};
+use crate::failover::{self, Backoff, OutageBook};
 use crate::oracle::{Counts, Oracle};
 use crate::plan::Plan;
 use crate::schedule::open_loop;
@@ -59,6 +63,15 @@ pub struct Books {
 /// One run's shared state; tasks hold it through an `Arc`.
 pub struct Engine {
     pub target: Target,
+    /// The target nodes (one, or a cluster's).
+    pub nodes: Vec<SocketAddr>,
+    /// Per user: the node its sends, receipts and setup requests go to now.
+    pub sender_at: Vec<AtomicUsize>,
+    /// Per user: the longest send outage (see [`OutageBook`]).
+    pub outages: Mutex<OutageBook>,
+    /// Failed sends are retried until then (µs since `started`): the end
+    /// of the current phase's sending plus its drain.
+    pub retry_until_us: AtomicU64,
     pub sources: Sources,
     pub pool: Pool,
     pub plan: Plan,
@@ -93,10 +106,27 @@ pub struct PhaseOutcome {
 }
 
 impl Engine {
-    pub fn new(target: Target, sources: Sources, plan: Plan, settings: Settings) -> Arc<Engine> {
+    pub fn new(
+        target: Target,
+        nodes: &[SocketAddr],
+        sources: Sources,
+        plan: Plan,
+        settings: Settings,
+    ) -> Arc<Engine> {
         let devices = plan.devices.len();
+        let users = plan.users.len();
+        let n = nodes.len().max(1);
         Arc::new(Engine {
-            pool: Pool::new(target.addr, settings.send_conns),
+            pool: Pool::new(nodes, settings.send_conns),
+            nodes: nodes.to_vec(),
+            sender_at: (0..users).map(|u| AtomicUsize::new(u % n)).collect(),
+            // An attempt takes at most the request timeout (a send on Nchan
+            // is two requests).
+            outages: Mutex::new(OutageBook::new(
+                users,
+                settings.request_timeout * 2 + Duration::from_secs(1),
+            )),
+            retry_until_us: AtomicU64::new(0),
             target,
             sources,
             plan,
@@ -120,6 +150,78 @@ impl Engine {
         self.books.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn outage_book(&self) -> MutexGuard<'_, OutageBook> {
+        self.outages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node a user's devices start on.
+    pub fn home(&self, user: usize) -> usize {
+        user % self.nodes.len().max(1)
+    }
+
+    /// Time since the run started (the clock of the outage book).
+    pub fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.started)
+    }
+
+    /// The node `user`'s requests go to now.
+    pub fn sender_node(&self, user: usize) -> usize {
+        self.sender_at
+            .get(user)
+            .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// A request of `user` to `from` failed: its next ones go to the node
+    /// after it (once, however many of its requests failed there at once).
+    pub fn sender_failed_over(&self, user: usize, from: usize) {
+        let Some(at) = self.sender_at.get(user) else {
+            return;
+        };
+        let to = failover::next(from, self.nodes.len());
+        if to != from
+            && at
+                .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Counters::bump(&self.counters.failovers);
+        }
+    }
+
+    /// A short idempotent request of `user` (receipt, group set-up, history
+    /// page): on its current node, failing over to the next one on no
+    /// answer or "unavailable", up to `attempts` tries in all.
+    pub async fn call_as(
+        &self,
+        user: usize,
+        attempts: usize,
+        request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<Reply, ClientError> {
+        let mut backoff = Backoff::default();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let node = self.sender_node(user);
+            let result = self
+                .pool
+                .call(
+                    node,
+                    &self.sources,
+                    request.clone(),
+                    self.settings.request_timeout,
+                )
+                .await;
+            let failed = match &result {
+                Ok(reply) => failover::unavailable(reply.status),
+                Err(_) => true,
+            };
+            if !failed || tries >= attempts.max(1) || self.stop.is_cancelled() {
+                return result;
+            }
+            self.sender_failed_over(user, node);
+            self.pause(backoff.failed()).await;
+        }
+    }
+
     /// Opens every device's connection, takes its head cursor, and starts
     /// its poll loop. Returns once all are polling (or failed to start).
     pub async fn start_devices(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
@@ -133,16 +235,16 @@ impl Engine {
                 engine
                     .start_device(d)
                     .await
-                    .map(|(conn, cursor)| (d, conn, cursor))
+                    .map(|(node, conn, cursor)| (d, node, conn, cursor))
             });
         }
         let mut failed = 0u64;
         let mut first_error = None;
         while let Some(done) = starting.join_next().await {
             match done {
-                Ok(Ok((d, conn, cursor))) => {
+                Ok(Ok((d, node, conn, cursor))) => {
                     let engine = self.clone();
-                    tasks.spawn(async move { engine.device_loop(d, conn, cursor).await });
+                    tasks.spawn(async move { engine.device_loop(d, node, conn, cursor).await });
                 }
                 Ok(Err(e)) => {
                     failed += 1;
@@ -160,22 +262,35 @@ impl Engine {
         }
     }
 
-    async fn start_device(&self, d: usize) -> anyhow::Result<(Conn, String)> {
+    /// Starts device `d` on its user's home node, or the next one that
+    /// answers: (node, connection, head cursor).
+    async fn start_device(&self, d: usize) -> anyhow::Result<(usize, Conn, String)> {
+        let mut node = self.home(self.plan.devices[d].user);
         let mut last = None;
-        for attempt in 0..5u64 {
+        let attempts = 5 + 2 * self.nodes.len() as u64;
+        for attempt in 0..attempts {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100 * attempt.min(5))).await;
             }
-            match self.try_start_device(d).await {
-                Ok(started) => return Ok(started),
+            match self.try_start_device(d, node).await {
+                Ok((conn, cursor)) => return Ok((node, conn, cursor)),
                 Err(e) => last = Some(e),
+            }
+            if self.nodes.len() > 1 {
+                node = failover::next(node, self.nodes.len());
+                Counters::bump(&self.counters.failovers);
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("device {d} did not start")))
     }
 
-    async fn try_start_device(&self, d: usize) -> anyhow::Result<(Conn, String)> {
-        let mut conn = Conn::open(self.target.addr, &self.sources).await?;
+    async fn try_start_device(&self, d: usize, node: usize) -> anyhow::Result<(Conn, String)> {
+        let addr = self
+            .nodes
+            .get(node)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("no target node {node}"))?;
+        let mut conn = Conn::open(addr, &self.sources).await?;
         let who = &self.plan.users[self.plan.devices[d].user];
         let Some(head) = self.target.head(who) else {
             return Ok((conn, String::new()));
@@ -203,19 +318,21 @@ impl Engine {
         );
         let stop = self.stop.clone();
         let started = Instant::now();
+        // Failed sends retry until the drain would end had sending ended
+        // on time; pushed later below if it did not.
+        let retry_until = |end: Instant| {
+            let at = (end + drain).saturating_duration_since(self.started);
+            self.retry_until_us
+                .fetch_max(at.as_micros() as u64, Ordering::Relaxed);
+        };
+        retry_until(started + Duration::from_secs_f64(seconds));
         let issued = open_loop(rate, Duration::from_secs_f64(seconds), &stop, |i, due| {
             self.issue(i, due, tag);
         })
         .await;
+        retry_until(Instant::now());
         let sending = started.elapsed().as_secs_f64().max(seconds);
-        let deadline = Instant::now() + self.settings.request_timeout + drain;
-        while Instant::now() < deadline && !self.stop.is_cancelled() {
-            let settled = self.inflight.load(Ordering::Relaxed) == 0;
-            if settled && self.books().oracle.outstanding() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.settle(self.settings.request_timeout + drain).await;
         // Acked sends over the time from the first send to the last ack: a
         // server that acks late does not get credit for the offered rate.
         let last_ack = Duration::from_micros(self.last_ack_us.load(Ordering::Relaxed));
@@ -236,6 +353,19 @@ impl Engine {
             ack,
             delivery,
             lost: self.books().oracle.lost_with_tag(tag),
+        }
+    }
+
+    /// Waits (up to `bound`) until no send is in flight and every owed
+    /// delivery has arrived.
+    pub async fn settle(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            let settled = self.inflight.load(Ordering::Relaxed) == 0;
+            if settled && self.books().oracle.outstanding() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -43,14 +43,15 @@ pub async fn run(
     polls: usize,
     sample: bool,
 ) -> anyhow::Result<RunResult> {
-    let mut target = Target::new(args.target, args.peer);
+    let mut target = Target::new(args.peer);
     target.sender_copy = args.nchan_sender_copy;
     let mut plan = Plan::chat(tokens, polls.max(2), 1);
     plan.convs.clear();
     plan.devices.truncate(polls);
     let engine = Engine::new(
         target,
-        Sources::new(args.target, args.sources),
+        &args.target,
+        Sources::new(&args.target, args.sources),
         plan,
         settings(args),
     );
@@ -88,7 +89,7 @@ pub async fn run(
     let mut result = RunResult {
         scenario: "idle".into(),
         peer: format!("{:?}", args.peer).to_lowercase(),
-        target: args.target.to_string(),
+        target: crate::scenario::targets_text(&args.target),
         users: engine.plan.devices.len() as u64,
         devices: engine.plan.devices.len() as u64,
         workers: 1,

@@ -7,6 +7,8 @@
 //! - [`run`]: from parsed options to a result. [`cli`]: the options. [`plan`]: users, devices, conversations.
 //! - [`target`]: the one place that speaks Carrier's or Nchan's protocol.
 //! - [`client`]: raw hyper HTTP/1.1 connections and the send pool.
+//! - [`failover`]: several target nodes: when to move to the next, backoff,
+//!   and the per-user send-outage figure.
 //! - [`schedule`]: the open-loop, wall-clock scheduler.
 //! - [`engine`] (+ [`device`], [`send`]): the running load and its books.
 //! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod device;
 pub mod engine;
+pub mod failover;
 pub mod html;
 pub mod idle;
 pub mod limits;

@@ -31,11 +31,24 @@ struct Sent {
     expected: u32,
     delivered: u32,
     acked: bool,
+    /// No ack, but it may have been stored: once any device has it (or
+    /// history holds it), every device is owed it, as for an acked one.
+    unknown: bool,
+    /// History holds it (for an `unknown` send: it was stored).
+    in_history: bool,
     /// The seq it was stored at (from its ack or first delivery): one
     /// message at two seqs means it was stored twice.
     seq: Option<u64>,
     /// A caller tag (the ramp's step, for per-step figures).
     tag: u32,
+}
+
+impl Sent {
+    /// Every expected device must get it: acked, or of unknown outcome and
+    /// already seen by some device (so it was stored).
+    fn owed(&self) -> bool {
+        self.acked || (self.unknown && (self.delivered > 0 || self.in_history))
+    }
 }
 
 /// Per device and conversation: the highest seq delivered so far.
@@ -44,8 +57,9 @@ struct Track {
     max_seq: u64,
 }
 
-/// The verdict counts. Every field but `duplicated` and `unacked` fails
-/// the run when non-zero.
+/// The verdict counts. Every field but `duplicated`, `unacked`,
+/// `unknown`, `unknown_landed` and `history_unread` fails the run when
+/// non-zero.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
     /// Acked messages with at least one device that never got them.
@@ -74,8 +88,18 @@ pub struct Counts {
     /// Conversations whose history could not be read (errors, not a
     /// verdict: nothing was compared).
     pub history_unread: u64,
-    /// Sends that got no ack (errors); not expected to be delivered.
+    /// Sends that got no ack and were not stored (a definite rejection, or
+    /// every attempt refused); not expected to be delivered.
     pub unacked: u64,
+    /// Sends whose outcome stayed unknown: no ack, but an attempt may have
+    /// been stored (no answer, or a 5xx). Not lost if never delivered; if
+    /// delivered to any device, owed to every device (else lost).
+    #[serde(default)]
+    pub unknown: u64,
+    /// Of `unknown`, those found stored: some device received it, or
+    /// history holds it.
+    #[serde(default)]
+    pub unknown_landed: u64,
 }
 
 impl Counts {
@@ -106,6 +130,8 @@ impl Counts {
         self.history_mismatches += o.history_mismatches;
         self.history_unread += o.history_unread;
         self.unacked += o.unacked;
+        self.unknown += o.unknown;
+        self.unknown_landed += o.unknown_landed;
     }
 }
 
@@ -150,6 +176,8 @@ impl Oracle {
                 expected: 0,
                 delivered: 0,
                 acked: false,
+                unknown: false,
+                in_history: false,
                 seq: None,
                 tag,
             },
@@ -173,9 +201,20 @@ impl Oracle {
         }
     }
 
-    /// The send failed (no ack): it may or may not be delivered.
+    /// The send failed for sure (no ack, not stored).
     pub fn unacked(&mut self) {
         self.counts.unacked += 1;
+    }
+
+    /// The send got no ack, but may have been stored: if it shows up on
+    /// any device it must reach all `devices`; if it never does, it is not
+    /// lost.
+    pub fn unknown(&mut self, message_id: Uuid, devices: u32) {
+        self.counts.unknown += 1;
+        if let Some(sent) = self.sent.get_mut(&message_id) {
+            sent.unknown = true;
+            sent.expected = devices;
+        }
     }
 
     /// A replayed send (same `message_id`) was not answered with the same
@@ -199,6 +238,7 @@ impl Oracle {
     /// and nothing less. Returns (and counts) the places they differ.
     pub fn check_history(&mut self, conversation: Uuid, history: &[Seen]) -> u64 {
         let mut bad = 0;
+        let mut landed = Vec::new();
         let live = self.chains.get(&conversation);
         let mut seqs = HashSet::new();
         for m in history {
@@ -210,18 +250,31 @@ impl Oracle {
                 bad += 1;
                 continue;
             }
-            let same_id = live.and_then(|c| c.get(&seq)).map(|(id, _)| *id) == Some(m.message_id);
-            let same_body = self
-                .sent
-                .get(&m.message_id)
+            let live_id = live.and_then(|c| c.get(&seq)).map(|(id, _)| *id);
+            let sent = self.sent.get(&m.message_id);
+            let same_body = sent
                 .is_some_and(|s| s.body_hash == m.body_hash && s.conversation_id == conversation);
-            if !same_id || !same_body {
+            // A send of unknown outcome that no device got live but that
+            // was stored: not a mismatch, but now owed to every device.
+            let landed_unseen = live_id.is_none()
+                && same_body
+                && sent.is_some_and(|s| s.unknown && !s.acked && s.seq.is_none_or(|k| k == seq));
+            if landed_unseen {
+                landed.push((m.message_id, seq, m.prev_message_id));
+            } else if live_id != Some(m.message_id) || !same_body {
                 bad += 1;
             }
         }
         // Anything live that history does not hold.
         if let Some(live) = live {
             bad += live.keys().filter(|seq| !seqs.contains(seq)).count() as u64;
+        }
+        for (id, seq, prev) in landed {
+            if let Some(sent) = self.sent.get_mut(&id) {
+                sent.in_history = true;
+                sent.seq = Some(seq);
+            }
+            self.chain(conversation, seq, id, prev);
         }
         self.counts.history_mismatches += bad;
         bad
@@ -317,7 +370,7 @@ impl Oracle {
     pub fn outstanding(&self) -> u64 {
         self.sent
             .values()
-            .filter(|s| s.acked)
+            .filter(|s| s.owed())
             .map(|s| u64::from(s.expected.saturating_sub(s.delivered)))
             .sum()
     }
@@ -326,7 +379,7 @@ impl Oracle {
     pub fn lost_with_tag(&self, tag: u32) -> u64 {
         self.sent
             .values()
-            .filter(|s| s.acked && s.tag == tag && s.delivered < s.expected)
+            .filter(|s| s.owed() && s.tag == tag && s.delivered < s.expected)
             .count() as u64
     }
 
@@ -343,7 +396,12 @@ impl Oracle {
     /// Final counts: lost messages, and gaps in every conversation's chain.
     pub fn finish(&self) -> Counts {
         let mut counts = self.counts.clone();
-        for sent in self.sent.values().filter(|s| s.acked) {
+        counts.unknown_landed = self
+            .sent
+            .values()
+            .filter(|s| s.unknown && !s.acked && (s.delivered > 0 || s.in_history))
+            .count() as u64;
+        for sent in self.sent.values().filter(|s| s.owed()) {
             if sent.delivered < sent.expected {
                 counts.lost_messages += 1;
                 counts.lost_deliveries += u64::from(sent.expected - sent.delivered);

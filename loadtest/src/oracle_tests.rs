@@ -153,6 +153,80 @@ fn an_unacked_send_is_not_lost() {
     assert!(counts.clean());
 }
 
+/// A send of unknown outcome (its attempts got no answer) that had landed:
+/// `seq` 2 after two acked messages, delivered to the devices in `to`.
+fn unknown_landed(to: &[usize]) -> Counts {
+    let (mut oracle, msgs) = world(1, 2);
+    let id = Uuid::from_u128(77);
+    let hash = body_hash("{\"i\":2}");
+    oracle.issued(id, CONV, hash, 0);
+    oracle.unknown(id, 2);
+    let landed = Seen {
+        message_id: id,
+        conversation_id: CONV,
+        seq: Some(2),
+        prev_message_id: Some(msgs[0].message_id),
+        body_hash: hash,
+    };
+    for device in 0..2 {
+        oracle.delivered(device, &msgs[0], false);
+        if to.contains(&device) {
+            assert_eq!(
+                oracle.delivered(device, &landed, false),
+                Delivery::First { tag: 0 }
+            );
+        }
+    }
+    oracle.finish()
+}
+
+#[test]
+fn a_send_of_unknown_outcome_is_fine_delivered_everywhere_or_nowhere() {
+    let everywhere = unknown_landed(&[0, 1]);
+    assert_eq!((everywhere.unknown, everywhere.unknown_landed), (1, 1));
+    assert_eq!(everywhere.corrupted, 0);
+    assert!(everywhere.clean(), "{everywhere:?}");
+
+    let mut oracle = Oracle::new(1);
+    oracle.issued(Uuid::from_u128(78), CONV, 0, 0);
+    oracle.unknown(Uuid::from_u128(78), 1);
+    assert_eq!(oracle.outstanding(), 0);
+    let nowhere = oracle.finish();
+    assert_eq!((nowhere.unknown, nowhere.unknown_landed), (1, 0));
+    assert!(nowhere.clean(), "{nowhere:?}");
+}
+
+#[test]
+fn history_holding_an_undelivered_send_of_unknown_outcome_is_no_mismatch_but_a_loss() {
+    let (mut oracle, msgs) = world(1, 1);
+    oracle.delivered(0, &msgs[0], false);
+    let id = Uuid::from_u128(79);
+    oracle.issued(id, CONV, 5, 0);
+    oracle.unknown(id, 1);
+    let stored = Seen {
+        message_id: id,
+        conversation_id: CONV,
+        seq: Some(2),
+        prev_message_id: Some(msgs[0].message_id),
+        body_hash: 5,
+    };
+    assert_eq!(oracle.check_history(CONV, &[stored, msgs[0].clone()]), 0);
+    let counts = oracle.finish();
+    assert_eq!(counts.history_mismatches, 0);
+    assert_eq!((counts.unknown, counts.unknown_landed), (1, 1));
+    // It was stored, so the device was owed it.
+    assert_eq!(counts.lost_messages, 1);
+    assert!(!counts.clean());
+}
+
+#[test]
+fn a_landed_send_of_unknown_outcome_is_owed_to_every_device() {
+    let partly = unknown_landed(&[0]);
+    assert_eq!(partly.lost_messages, 1);
+    assert_eq!(partly.lost_deliveries, 1);
+    assert!(!partly.clean());
+}
+
 #[test]
 fn history_must_hold_exactly_what_was_delivered() {
     let (mut oracle, msgs) = world(3, 1);

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::SendOutage;
 use crate::oracle::Counts;
 use crate::stats::{Percentiles, Recorded, Sample, histogram};
 
@@ -54,6 +55,17 @@ pub struct RunResult {
     pub cut_polls: u64,
     pub replays: u64,
     pub receipts: u64,
+    /// Moves of a device or a sender to the next target node.
+    #[serde(default)]
+    pub failovers: u64,
+    /// Send attempts after each send's first (same message_id and body).
+    #[serde(default)]
+    pub send_retries: u64,
+    /// Per user, the longest stretch from making a send attempt that
+    /// failed to the ack of an attempt made at or after it: max and p99
+    /// over sending users.
+    #[serde(default)]
+    pub send_outage: SendOutage,
     pub history_checked: u64,
     pub ack: Percentiles,
     pub delivery: Percentiles,
@@ -98,6 +110,8 @@ impl RunResult {
             out.cut_polls += p.cut_polls;
             out.replays += p.replays;
             out.receipts += p.receipts;
+            out.failovers += p.failovers;
+            out.send_retries += p.send_retries;
             out.history_checked += p.history_checked;
             out.verdict.add(&p.verdict);
             out.aborted = out.aborted.take().or_else(|| p.aborted.clone());
@@ -120,6 +134,8 @@ impl RunResult {
                 a.polls += b.polls;
             }
         }
+        out.send_outage =
+            SendOutage::merge(&parts.iter().map(|p| &p.send_outage).collect::<Vec<_>>());
         let secs = out.send_seconds.max(1e-9);
         out.achieved_rate = out.acked as f64 / secs;
         out.delivered_rate = out.delivered as f64 / secs;
@@ -206,6 +222,21 @@ impl RunResult {
                     self.replays, self.receipts
                 ),
             );
+            row(
+                "failover",
+                format!(
+                    "{} failovers to the next target, {} send retries",
+                    self.failovers, self.send_retries
+                ),
+            );
+            let o = &self.send_outage;
+            row(
+                "send outage per user",
+                format!(
+                    "max {:.0} ms, p99 {:.0} ms over {} sending users ({} had one, {} never recovered)",
+                    o.max_ms, o.p99_ms, o.users, o.users_with_outage, o.unrecovered
+                ),
+            );
         }
         for s in &self.steps {
             row(
@@ -231,7 +262,7 @@ impl RunResult {
         row(
             "oracle",
             format!(
-                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked, {} unreadable), unacked {}",
+                "lost {} ({} deliveries), reordered {} (own copies {}{}), gaps {}, corrupted {}, early receipts {}, history mismatches {} ({} conversations checked, {} unreadable), unacked {}, unknown outcome {} ({} of them landed)",
                 v.lost_messages,
                 v.lost_deliveries,
                 v.reordered,
@@ -247,7 +278,9 @@ impl RunResult {
                 v.history_mismatches,
                 self.history_checked,
                 v.history_unread,
-                v.unacked
+                v.unacked,
+                v.unknown,
+                v.unknown_landed
             ),
         );
         if let Some(why) = &self.aborted {

@@ -22,6 +22,12 @@ pub fn check(args: &Args) -> Result<(), String> {
         if matches!(args.scenario, Scenario::Groups(_)) {
             return Err("groups: Nchan has no per-member mailboxes (use fanout)".into());
         }
+        if args.target.len() > 1 {
+            return Err("--peer nchan takes one --target (its channels live in one nginx)".into());
+        }
+    }
+    if args.target.is_empty() {
+        return Err("--target needs at least one address".into());
     }
     if args.peer == Peer::Carrier
         && args.config.is_none()
@@ -155,6 +161,57 @@ mod tests {
         );
         assert!(check(&args(&["t", "--peer", "nchan", "groups"])).is_err());
         assert!(Args::try_parse_from(["t", "--cut-polls", "1.5", "chat"]).is_err());
+    }
+
+    #[test]
+    fn takes_one_target_or_a_list() {
+        let one = args(&["t", "--secret", "s", "--target", "127.0.0.1:9000", "chat"]);
+        assert_eq!(one.target, vec!["127.0.0.1:9000".parse().unwrap()]);
+        let default = args(&["t", "--secret", "s", "chat"]);
+        assert_eq!(default.target, vec!["127.0.0.1:8080".parse().unwrap()]);
+        let three = args(&[
+            "t",
+            "--secret",
+            "s",
+            "--target",
+            "127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083",
+            "chat",
+        ]);
+        let ports: Vec<u16> = three.target.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, vec![8081, 8082, 8083]);
+        assert!(check(&three).is_ok());
+        // After the scenario, too (the option is global).
+        let after = args(&[
+            "t",
+            "--secret",
+            "s",
+            "chat",
+            "--target",
+            "127.0.0.1:1,127.0.0.1:2",
+        ]);
+        assert_eq!(after.target.len(), 2);
+        assert!(Args::try_parse_from(["t", "--target", "127.0.0.1:1,nope", "chat"]).is_err());
+        // Nchan's channels live in one nginx.
+        let nchan = args(&[
+            "t",
+            "--peer",
+            "nchan",
+            "--target",
+            "127.0.0.1:1,127.0.0.1:2",
+            "chat",
+        ]);
+        assert!(check(&nchan).is_err());
+        assert!(
+            check(&args(&[
+                "t",
+                "--peer",
+                "nchan",
+                "--target",
+                "127.0.0.1:1",
+                "chat"
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]

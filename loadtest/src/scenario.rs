@@ -36,7 +36,7 @@ pub fn settings(args: &Args) -> Settings {
 /// Runs a sending scenario of `args` with `share` of its users and rate
 /// (1.0 in one process; 1/n in each of n workers).
 pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<RunResult> {
-    let mut target = Target::new(args.target, args.peer);
+    let mut target = Target::new(args.peer);
     target.sender_copy = args.nchan_sender_copy;
     let scale = |n: usize| ((n as f64 * share).round() as usize).max(2);
     let (plan, rate) = match &args.scenario {
@@ -57,14 +57,15 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
     };
     let engine = Engine::new(
         target,
-        Sources::new(args.target, args.sources),
+        &args.target,
+        Sources::new(&args.target, args.sources),
         plan,
         settings(args),
     );
     let mut result = RunResult {
         scenario: args.scenario.name().into(),
         peer: format!("{:?}", args.peer).to_lowercase(),
-        target: args.target.to_string(),
+        target: targets_text(&args.target),
         users: engine.plan.users.len() as u64,
         devices: engine.plan.devices.len() as u64,
         conversations: engine.plan.convs.len() as u64,
@@ -125,6 +126,9 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
 
     progress.say("checking history");
     result.history_checked = check_history(&engine, args.history_check).await;
+    // History may have shown sends of unknown outcome to have been stored:
+    // they are owed to every device now, so give them a drain of their own.
+    engine.settle(drain).await;
     engine.stop.cancel();
     let _ = sampler.await;
     devices.shutdown().await;
@@ -132,6 +136,15 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
     progress.finish();
     fill(&mut result, &engine);
     Ok(result)
+}
+
+/// The targets as the summary names them: `a:1,b:2`.
+pub fn targets_text(targets: &[std::net::SocketAddr]) -> String {
+    targets
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Copies the engine's counters, histograms and verdict into `result`.
@@ -146,6 +159,9 @@ pub fn fill(result: &mut RunResult, engine: &Arc<Engine>) {
     result.cut_polls = Counters::get(&c.cut_polls);
     result.replays = Counters::get(&c.replays);
     result.receipts = Counters::get(&c.receipts);
+    result.failovers = Counters::get(&c.failovers);
+    result.send_retries = Counters::get(&c.send_retries);
+    result.send_outage = engine.outage_book().finish(engine.now());
     let secs = result.send_seconds.max(1e-9);
     if !result.steps.is_empty() {
         // A ramp's offered rate is the mean over its steps.
@@ -173,7 +189,7 @@ async fn create_groups(engine: &Arc<Engine>) -> anyhow::Result<()> {
     if !engine.target.ordered() {
         return Ok(());
     }
-    let timeout = engine.settings.request_timeout;
+    let attempts = 5 + 2 * engine.nodes.len();
     for conv in engine.plan.convs.iter().filter(|c| c.group) {
         let owner = &engine.plan.users[conv.members[0]];
         let ids: Vec<uuid::Uuid> = conv
@@ -187,7 +203,7 @@ async fn create_groups(engine: &Arc<Engine>) -> anyhow::Result<()> {
             } else {
                 engine.target.add_members(owner, conv.id, chunk)?
             };
-            let reply = engine.pool.call(&engine.sources, request, timeout).await?;
+            let reply = engine.call_as(conv.members[0], attempts, request).await?;
             anyhow::ensure!(
                 reply.status.is_success(),
                 "creating group {}: status {} {}",
@@ -217,8 +233,7 @@ async fn check_history(engine: &Arc<Engine>, limit: usize) -> u64 {
                 break false;
             };
             let page = match engine
-                .pool
-                .call(&engine.sources, request, engine.settings.request_timeout)
+                .call_as(conv.members[0], 2 * engine.nodes.len() + 1, request)
                 .await
                 .map_err(anyhow::Error::from)
                 .and_then(|r| history_page(&r).context("history page"))

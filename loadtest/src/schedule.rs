@@ -106,8 +106,8 @@ mod tests {
             }
         });
 
-        let pool = Arc::new(Pool::new(addr, 1000));
-        let sources = Arc::new(Sources::new(addr, 1));
+        let pool = Arc::new(Pool::new(&[addr], 1000));
+        let sources = Arc::new(Sources::new(&[addr], 1));
         let stop = CancellationToken::new();
         let rate = 200.0;
         let issued = open_loop(rate, Duration::from_secs(1), &stop, |_, _| {
@@ -118,7 +118,7 @@ mod tests {
                     .header("host", "x")
                     .body(Full::new(Bytes::from_static(b"{}")))
                     .unwrap();
-                let _ = pool.call(&sources, req, Duration::from_secs(30)).await;
+                let _ = pool.call(0, &sources, req, Duration::from_secs(30)).await;
             });
         })
         .await;

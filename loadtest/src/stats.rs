@@ -32,6 +32,10 @@ pub struct Counters {
     pub cut_polls: AtomicU64,
     pub replays: AtomicU64,
     pub receipts: AtomicU64,
+    /// Moves of a device or a sender to the next target node.
+    pub failovers: AtomicU64,
+    /// Send attempts after a send's first (same message_id).
+    pub send_retries: AtomicU64,
 }
 
 impl Counters {

@@ -3,8 +3,6 @@
 //! config/peers/nchan.conf). This is the one place that knows either
 //! protocol; scenarios only see sends, polls, events and cursors.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
@@ -74,27 +72,23 @@ pub struct Ack {
     pub replayed: bool,
 }
 
+/// The protocol of the node(s) under test. Requests carry no `Host`: the
+/// connection that sends one sets it to its node (see `client::Conn`).
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
     pub peer: Peer,
     /// Nchan: also publish each direct message to the sender's channel (a
     /// copy for its own devices, as Carrier delivers one).
     pub sender_copy: bool,
-    host: String,
 }
 
 fn request(
     method: Method,
     uri: &str,
-    host: &str,
     token: Option<&str>,
     body: Option<Bytes>,
 ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", host);
+    let mut b = Request::builder().method(method).uri(uri);
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         b = b.header("authorization", format!("Bearer {token}"));
     }
@@ -109,12 +103,10 @@ fn request(
 }
 
 impl Target {
-    pub fn new(addr: SocketAddr, peer: Peer) -> Target {
+    pub fn new(peer: Peer) -> Target {
         Target {
-            addr,
             peer,
             sender_copy: false,
-            host: addr.to_string(),
         }
     }
 
@@ -132,13 +124,7 @@ impl Target {
     /// protocol has one (Nchan's first poll starts at the newest message).
     pub fn head(&self, who: &Identity) -> Option<Result<Request<Full<Bytes>>, hyper::http::Error>> {
         match self.peer {
-            Peer::Carrier => Some(request(
-                Method::GET,
-                "/v1/poll",
-                &self.host,
-                Some(&who.token),
-                None,
-            )),
+            Peer::Carrier => Some(request(Method::GET, "/v1/poll", Some(&who.token), None)),
             Peer::Nchan => None,
         }
     }
@@ -156,15 +142,13 @@ impl Target {
             Peer::Carrier => request(
                 Method::GET,
                 &format!("/v1/poll?cursor={cursor}&timeout={timeout_s}&limit=1000"),
-                &self.host,
                 Some(&who.token),
                 None,
             ),
             Peer::Nchan => {
                 let mut b = Request::builder()
                     .method(Method::GET)
-                    .uri(format!("/sub/{channel}"))
-                    .header("host", &self.host);
+                    .uri(format!("/sub/{channel}"));
                 if let Some((modified, etag)) = cursor.split_once('\n') {
                     b = b
                         .header("if-modified-since", modified)
@@ -253,7 +237,6 @@ impl Target {
                 Ok(vec![request(
                     Method::POST,
                     "/v1/messages",
-                    &self.host,
                     Some(&from.token),
                     Some(Bytes::from(payload.to_string())),
                 )?])
@@ -275,7 +258,6 @@ impl Target {
                         request(
                             Method::POST,
                             &format!("/pub/{c}"),
-                            &self.host,
                             None,
                             Some(envelope.clone()),
                         )
@@ -329,7 +311,6 @@ impl Target {
         request(
             Method::POST,
             "/v1/receipts",
-            &self.host,
             Some(&who.token),
             Some(Bytes::from(body.to_string())),
         )
@@ -346,7 +327,6 @@ impl Target {
         request(
             Method::POST,
             "/v1/groups",
-            &self.host,
             Some(&owner.token),
             Some(Bytes::from(body.to_string())),
         )
@@ -363,7 +343,6 @@ impl Target {
         request(
             Method::POST,
             &format!("/v1/groups/{group_id}/members"),
-            &self.host,
             Some(&owner.token),
             Some(Bytes::from(body.to_string())),
         )
@@ -380,7 +359,7 @@ impl Target {
         if let Some(s) = before_seq {
             uri.push_str(&format!("&before_seq={s}"));
         }
-        request(Method::GET, &uri, &self.host, Some(&who.token), None)
+        request(Method::GET, &uri, Some(&who.token), None)
     }
 }
 
