@@ -336,11 +336,18 @@ cluster_up() {
     command -v curl >/dev/null || { _cluster_say "curl is missing"; return 1; }
     command -v setpriv >/dev/null || { _cluster_say "setpriv (util-linux) is missing"; return 1; }
     command -v ss >/dev/null || { _cluster_say "ss (iproute2) is missing"; return 1; }
+    # Run folders whose owner was SIGKILLed (its processes died with it).
+    local stale
+    for stale in "${TMPDIR:-/tmp}"/carrier-cluster.*; do
+        [ -f "$stale/owner.pid" ] || continue
+        _cluster_alive "$(cat "$stale/owner.pid" 2>/dev/null)" || rm -rf "$stale"
+    done
     if [ -z "$CLUSTER_DIR" ]; then
         CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/carrier-cluster.XXXXXX") \
             || { _cluster_say "cannot make a run folder"; return 1; }
     fi
     mkdir -p "$CLUSTER_DIR" || return 1
+    echo "$$" >"$CLUSTER_DIR/owner.pid"
     # Before the slow steps: fail fast when a node's port is taken.
     local base=${CLUSTER_BASE_PORT:-8080} i
     for i in 1 2 3; do
@@ -375,6 +382,8 @@ cluster_down() {
     cluster_stop_hbase
     if [ -n "$CLUSTER_DIR" ] && [ -d "$CLUSTER_DIR" ]; then
         if [ -n "${CLUSTER_KEEP:-}" ]; then
+            # Without its owner file, no later start removes it.
+            rm -f "$CLUSTER_DIR/owner.pid"
             _cluster_say "kept $CLUSTER_DIR"
         else
             rm -rf "$CLUSTER_DIR"

@@ -58,7 +58,13 @@ if [ -z "${CLUSTER_BASE_PORT:-}" ]; then
 fi
 [ -n "${CLUSTER_BASE_PORT:-}" ] || { say "no three free ports in a row found"; exit 1; }
 
+# Result folders of runs that were SIGKILLed (their processes died with them).
+for stale in "${TMPDIR:-/tmp}"/carrier-cluster-test.*; do
+    [ -f "$stale/owner.pid" ] || continue
+    _cluster_alive "$(cat "$stale/owner.pid" 2>/dev/null)" || rm -rf "$stale"
+done
 results=$(mktemp -d "${TMPDIR:-/tmp}/carrier-cluster-test.XXXXXX")
+echo "$$" >"$results/owner.pid"
 tester_pid=''
 passed=0 failed=0 failures=()
 
@@ -79,6 +85,7 @@ cleanup() {
     fi
     cluster_down
     if [ -n "${CLUSTER_KEEP:-}" ]; then
+        rm -f "$results/owner.pid"
         say "tester outputs kept in $results"
     else
         rm -rf "$results"
