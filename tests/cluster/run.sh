@@ -127,14 +127,14 @@ accepted() {
 
 # Starts the tester in the background for one phase (outputs in $results).
 start_tester() {
-    local name=$1 seconds=$2
+    local name=$1 seconds=$2 request_timeout=$3
     # Setup, sending, drain and the history check, with room to spare.
     local bound=$((seconds + 120))
     say "$name: chat, $users users, $rate sends/s for $seconds s against $targets"
     # setpriv: the tester (and timeout) die with this script, even a SIGKILLed one.
     setpriv --pdeathsig TERM -- timeout -k 10 "$bound" "$tester" \
         --target "$targets" --config "${CLUSTER_CONF[n1]}" \
-        --seconds "$seconds" --drain 30 --request-timeout 10 \
+        --seconds "$seconds" --drain 30 --request-timeout "$request_timeout" \
         --max-seconds $((bound - 10)) --quiet \
         --json "$results/$name.json" --report "$results/$name.html" \
         chat --users "$users" --rate "$rate" \
@@ -180,9 +180,10 @@ finish_phase() {
     fi
 }
 
-# From the tester's one-second samples: the seconds in which its send or
-# poll error count grew (an upper bound on how long the faulted node's users
-# could not send: polls to a dead node count too).
+# The tester's own figure for how long users could not send (its
+# `send_outage`, once the multi-target tester lands), and from its
+# one-second samples the seconds in which its send or poll error count grew
+# (polls to a dead node count there too).
 error_window() {
     [ -s "$1" ] || { echo "  (no JSON from the tester)"; return 0; }
     python3 - "$1" <<'PY' || true
@@ -191,6 +192,10 @@ r = json.load(open(sys.argv[1]))
 s = r.get("samples") or []
 grew = [b["t"] for a, b in zip(s, s[1:]) if b["errors"] > a["errors"]]
 print(f"  acked {r.get('acked')} of {r.get('issued')} sends; send errors {r.get('send_errors')}, poll errors {r.get('poll_errors')}")
+o = r.get("send_outage")
+if o:
+    print(f"  send outage per user: longest {o.get('max_ms', 0) / 1000:.2f} s, p99 {o.get('p99_ms', 0) / 1000:.2f} s "
+          f"({o.get('users_with_outage')} of {o.get('users')} sending users had one; {o.get('unrecovered')} unrecovered); target under 5 s")
 if grew:
     print(f"  errors grew in {len(grew)} one-second samples, from t={grew[0] - 1:.0f} s to t={grew[-1]:.0f} s of the run")
 else:
@@ -203,7 +208,8 @@ for phase in $phases; do
     kill)
         # A node dies without a word, mid-run, and comes back with the same
         # config (same node_id: it finishes its own write log first).
-        start_tester kill 40
+        # A dead node refuses at once: the tester moves on without waiting.
+        start_tester kill 40 10
         wait_mid_run 8
         say "kill: kill -9 n2 (pid ${CLUSTER_PID[n2]}) at t=$(since_start) s after the tester started"
         cluster_kill n2
@@ -218,7 +224,12 @@ for phase in $phases; do
         # A node stops answering (SIGSTOP: its sockets stay open, nothing is
         # read) while sends go on through the others, then resumes, still
         # believing it owns what it owned.
-        start_tester partition 30
+        # A stopped node accepts and answers nothing: a 3 s request timeout
+        # makes the tester give up on it and retry (same message_id) on the
+        # next node while it is stopped, so the stopped node may still take
+        # a send it holds in its socket once it resumes (idempotency and
+        # fencing across nodes).
+        start_tester partition 30 3
         wait_mid_run 6
         say "partition: SIGSTOP n3 (pid ${CLUSTER_PID[n3]}) at t=$(since_start) s after the tester started"
         cluster_pause n3
