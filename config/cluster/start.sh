@@ -61,6 +61,8 @@ CLUSTER_PREFIX=''
 CLUSTER_BIN=''
 CLUSTER_NODES=(n1 n2 n3)
 CLUSTER_TARGETS=''
+# Set by the foreground script's signal traps: the bounded waits give up at once.
+_cluster_stop=''
 declare -gA CLUSTER_PID=() CLUSTER_ADDR=() CLUSTER_CONF=() CLUSTER_LOG=()
 
 _cluster_say() { echo "cluster: $*" >&2; }
@@ -122,6 +124,7 @@ cluster_await_hbase() {
     local out=$CLUSTER_DIR/hbase.out err=$CLUSTER_DIR/hbase.err
     local bound=$((${CARRIER_HBASE_START_TIMEOUT:-180} + 60)) waited=0 addr=''
     while [ "$waited" -lt "$bound" ]; do
+        [ -z "$_cluster_stop" ] || return 1
         addr=$(grep -m1 -E '^127\.0\.0\.1:[0-9]+$' "$out" 2>/dev/null || true)
         [ -n "$addr" ] && break
         if ! _cluster_alive "$CLUSTER_HBASE_PID"; then
@@ -246,6 +249,7 @@ cluster_wait_ready() {
     _cluster_known "${1:-}" || return 1
     local n=$1 bound=$((${CLUSTER_READY_TIMEOUT:-60} * 5)) i=0
     while [ "$i" -lt "$bound" ]; do
+        [ -z "$_cluster_stop" ] || return 1
         if ! _cluster_alive "${CLUSTER_PID[$n]:-}"; then
             _cluster_say "$n exited before it was ready; the end of ${CLUSTER_LOG[$n]}:"
             tail -n 30 "${CLUSTER_LOG[$n]}" >&2
@@ -395,20 +399,21 @@ cluster_down() {
 # ---------------------------------------------------------------- main
 _cluster_main() {
     set -uo pipefail
-    local stop='' n
-    trap 'stop=TERM' TERM
-    trap 'stop=INT' INT
+    local n
+    trap '_cluster_stop=TERM' TERM
+    trap '_cluster_stop=INT' INT
     trap 'cluster_down' EXIT
     declare -A reported=()
     if ! cluster_up; then
-        _cluster_say "start failed"
+        [ -n "$_cluster_stop" ] && { _cluster_say "stopped during start-up ($_cluster_stop)"; exit 143; }
+        _cluster_say "start failed; logs kept in $CLUSTER_DIR"
         CLUSTER_KEEP=1
         exit 1
     fi
-    [ -n "$stop" ] && exit 143
+    [ -n "$_cluster_stop" ] && exit 143
     cluster_print
     echo "cluster: running; Ctrl-C or kill -TERM $$ stops everything"
-    while [ -z "$stop" ]; do
+    while [ -z "$_cluster_stop" ]; do
         if [ -n "$CLUSTER_HBASE_PID" ] && ! _cluster_alive "$CLUSTER_HBASE_PID"; then
             _cluster_say "HBase exited on its own; the end of $CLUSTER_DIR/hbase.err:"
             tail -n 20 "$CLUSTER_DIR/hbase.err" >&2
@@ -426,7 +431,7 @@ _cluster_main() {
         sleep 1 &
         wait $! 2>/dev/null || true
     done
-    _cluster_say "stopping ($stop)"
+    _cluster_say "stopping ($_cluster_stop)"
     exit 0
 }
 

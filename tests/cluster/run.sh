@@ -22,7 +22,8 @@
 # Environment: CLUSTER_PHASES ("kill partition"), CLUSTER_USERS (200),
 # CLUSTER_RATE (100 sends/s), CLUSTER_TARGET_NODES (the nodes the tester
 # drives, "n1 n2 n3"; one node alone is a dry run of the script against a
-# server without the ring), CLUSTER_KEEP=1 keeps the run folder (it is
+# server without the ring), CLUSTER_TESTER (a carrier-loadtest binary to use
+# instead of the one built here), CLUSTER_KEEP=1 keeps the run folder (it is
 # kept anyway when a phase fails); config/cluster/start.sh lists the rest.
 # The whole script is bounded: HBase's start (at most ~4 min, ~25 s
 # typically), then each tester run under `timeout`; .ci/suites/cluster runs
@@ -46,7 +47,7 @@ flag=()
 say "building carrier and carrier-loadtest ($profile)"
 cargo build -q "${flag[@]}" -p carrier -p loadtest
 export CARRIER_BIN=$target_dir/$profile/carrier
-tester=$target_dir/$profile/carrier-loadtest
+tester=${CLUSTER_TESTER:-$target_dir/$profile/carrier-loadtest}
 
 # Other jobs may share the machine: find three free ports in a row.
 if [ -z "${CLUSTER_BASE_PORT:-}" ]; then
