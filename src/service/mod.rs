@@ -93,6 +93,9 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// Pushed entries remembered to recognise repeats (about 40 bytes each).
+const REMEMBERED_PUSHES: usize = 500_000;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs a change to its end even if the caller stops waiting. A client
@@ -138,9 +141,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The ring: who owns which user and conversation.
     cluster: Arc<Cluster>,
-    /// One pushed batch of appends at a time, so a copy delivered twice at
-    /// once is still recognised as a repeat.
-    pushes: tokio::sync::Mutex<()>,
+    /// Outbox entries (node key, id) peers pushed here recently.
+    pushes: quick_cache::sync::Cache<([u8; 8], u64), ()>,
 }
 
 /// The knobs the service reads per request, taken from the configuration once.
@@ -192,7 +194,7 @@ impl Service {
                 settings: parts.settings,
                 shutdown: parts.shutdown,
                 cluster: parts.cluster,
-                pushes: tokio::sync::Mutex::new(()),
+                pushes: quick_cache::sync::Cache::new(REMEMBERED_PUSHES),
             }),
         }
     }

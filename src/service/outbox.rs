@@ -9,11 +9,12 @@
 //! before any later one to the same place, so a conversation's events
 //! reach every mailbox in seq order.
 //!
-//! On the embedded store each entry lands exactly once. Otherwise a crash
-//! or a lost answer between the delivery and the removal can deliver an
-//! entry twice; the receiving node drops an event identical to one already
-//! in the mailbox's newest events, and clients de-duplicate by
-//! `message_id` beyond that.
+//! On the embedded store each entry lands exactly once. Otherwise a lost
+//! answer, or two nodes draining a departed peer's outbox at once, can
+//! deliver an entry twice; the receiving node remembers the entries it took
+//! recently (by outbox and id) and drops repeats. Only a repeat that
+//! reaches a node after it restarted gets through, and clients
+//! de-duplicate by `message_id`.
 //!
 //! The same worker drains a departed peer's outbox (`drain`), routing its
 //! entries to whoever owns each mailbox now.
@@ -221,7 +222,9 @@ impl Outbox {
         let mut pushes = tokio::task::JoinSet::new();
         for (i, group) in remote {
             let peer = self.cluster.peers()[i].clone();
-            let body = encode(group.iter().map(|(_, cell)| cell.as_ref()));
+            let body = encode(group.iter().map(|(row, cell)| {
+                (self.node_key, keys::trailing_u64(row).unwrap_or(0), cell.as_ref())
+            }));
             let rows: Vec<Vec<u8>> = group.iter().map(|(row, _)| row.clone()).collect();
             let cluster = self.cluster.clone();
             pushes.spawn(async move {
@@ -322,30 +325,45 @@ async fn push(cluster: &Cluster, peer: &Peer, body: Bytes) -> Result<(), PushErr
     }
 }
 
-/// A push body: per entry, the outbox cell (`user(16) || event`) framed by
-/// its length (u32, big-endian).
-pub fn encode<'a>(cells: impl Iterator<Item = &'a [u8]>) -> Bytes {
+/// One pushed entry: which outbox entry it is (so a repeat is recognised),
+/// and what to append.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The outbox's node key and the entry's id.
+    pub entry: ([u8; 8], u64),
+    pub user: UserId,
+    pub event: Bytes,
+}
+
+/// A push body: per entry, `len(u32) || outbox node key(8) || id(8) ||
+/// cell`, the cell being `user(16) || event`, numbers big-endian.
+pub fn encode<'a>(entries: impl Iterator<Item = ([u8; 8], u64, &'a [u8])>) -> Bytes {
     let mut body = BytesMut::new();
-    for cell in cells {
-        body.put_u32(cell.len() as u32);
+    for (node, id, cell) in entries {
+        body.put_u32((16 + cell.len()) as u32);
+        body.put_slice(&node);
+        body.put_u64(id);
         body.put_slice(cell);
     }
     body.freeze()
 }
 
 /// The entries of a push body; `None` if it is malformed.
-pub fn decode(body: &Bytes) -> Option<Vec<(UserId, Bytes)>> {
+pub fn decode(body: &Bytes) -> Option<Vec<Pushed>> {
     let mut entries = Vec::new();
     let mut at = 0;
     while at < body.len() {
         let len = u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
         at += 4;
-        let cell = body.get(at..at.checked_add(len)?)?;
-        let (user, _) = cell.split_first_chunk::<16>()?;
-        entries.push((
-            UserId(uuid::Uuid::from_bytes(*user)),
-            body.slice(at + 16..at + len),
-        ));
+        let frame = body.get(at..at.checked_add(len)?)?;
+        let (node, rest) = frame.split_first_chunk::<8>()?;
+        let (id, rest) = rest.split_first_chunk::<8>()?;
+        let (user, _) = rest.split_first_chunk::<16>()?;
+        entries.push(Pushed {
+            entry: (*node, u64::from_be_bytes(*id)),
+            user: UserId(uuid::Uuid::from_bytes(*user)),
+            event: body.slice(at + 32..at + len),
+        });
         at += len;
     }
     Some(entries)
@@ -360,14 +378,16 @@ mod tests {
     fn push_bodies_round_trip_and_reject_truncation() {
         let a = outbox_cell(UserId(uuid::Uuid::from_u128(1)), br#"{"type":"x"}"#);
         let b = outbox_cell(UserId(uuid::Uuid::from_u128(2)), b"{}");
-        let body = encode([a.as_ref(), b.as_ref()].into_iter());
+        let body = encode([([1; 8], 7, a.as_ref()), ([2; 8], 9, b.as_ref())].into_iter());
         let entries = decode(&body).expect("well formed");
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].0, UserId(uuid::Uuid::from_u128(1)));
-        assert_eq!(&entries[0].1[..], br#"{"type":"x"}"#);
-        assert_eq!(&entries[1].1[..], b"{}");
+        assert_eq!(entries[0].user, UserId(uuid::Uuid::from_u128(1)));
+        assert_eq!(entries[0].entry, ([1; 8], 7));
+        assert_eq!(&entries[0].event[..], br#"{"type":"x"}"#);
+        assert_eq!(entries[1].entry, ([2; 8], 9));
+        assert_eq!(&entries[1].event[..], b"{}");
         for cut in 1..body.len() {
-            if cut == 4 + a.len() {
+            if cut == 4 + 16 + a.len() {
                 continue;
             }
             assert!(decode(&body.slice(..cut)).is_none(), "cut at {cut}");

@@ -8,7 +8,6 @@
 //! requests by the new view. A node starting, or resuming after standing
 //! still, serves nothing until its peers route to it again.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,73 +16,67 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
 use super::committer::{Commit, Committer};
-use super::outbox::{Deliveries, Outbox};
+use super::outbox::{Deliveries, Outbox, Pushed};
 use super::{Error, Result, Service};
 use crate::cluster::{Cluster, Peer, Route, View};
-use crate::domain::UserId;
 use crate::metrics::Metrics;
-use crate::store::{Scan, Store, Table};
+use crate::store::Store;
 
-/// How many of a mailbox's newest events a pushed event is compared with.
-const REPEAT_WINDOW: usize = 64;
 /// How long a joining node waits for its peers to route to it.
 const JOIN_WAIT: Duration = Duration::from_secs(3);
 
 impl Service {
     /// Appends events a peer pushed for mailboxes this node owns, dropping
-    /// exact repeats of recent events (a push whose answer was lost).
-    pub async fn take_appends(&self, entries: Vec<(UserId, Bytes)>) -> Result<()> {
+    /// entries it took already (a push whose answer was lost, or a departed
+    /// peer's outbox drained by two nodes at once).
+    pub async fn take_appends(&self, entries: Vec<Pushed>) -> Result<()> {
         let cluster = &self.inner.cluster;
         if !cluster.fresh() {
             return Err(Error::Rejoining);
         }
         if entries
             .iter()
-            .any(|(user, _)| !matches!(cluster.delivery(user.0.as_bytes()), Route::Local))
+            .any(|e| !matches!(cluster.delivery(e.user.0.as_bytes()), Route::Local))
         {
             return Err(Error::NotOwner);
         }
-        let _one_at_a_time = self.inner.pushes.lock().await;
-        let mut recent: HashMap<UserId, VecDeque<Bytes>> = HashMap::new();
+        let taken = &self.inner.pushes;
+        let mut claimed = Vec::with_capacity(entries.len());
         let mut appends = Vec::with_capacity(entries.len());
-        for (user, event) in entries {
-            let seen = match recent.entry(user) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.recent_events(user).await?)
-                }
-            };
-            if seen.iter().any(|e| *e == event) {
+        for e in entries {
+            // Claimed before the commit, so a repeat arriving meanwhile is
+            // dropped too; released again if the commit fails.
+            let mut fresh = false;
+            taken.get_or_insert_with(&e.entry, || {
+                fresh = true;
+                Ok::<(), ()>(())
+            })
+            .ok();
+            if !fresh {
                 self.inner.metrics.pushed_repeats.inc();
                 continue;
             }
-            seen.push_back(event.clone());
-            appends.push((user, event));
+            claimed.push(e.entry);
+            appends.push((e.user, e.event));
         }
         if appends.is_empty() {
             return Ok(());
         }
-        self.inner
+        let committed = self
+            .inner
             .committer
             .commit(Commit {
                 appends,
                 ..Commit::default()
             })
-            .await?;
-        Ok(())
-    }
-
-    /// The newest events of a mailbox, oldest first.
-    async fn recent_events(&self, user: UserId) -> Result<VecDeque<Bytes>> {
-        if let Some(tail) = self.inner.mailbox_cache.get(&user)
-            && tail.events.len() >= REPEAT_WINDOW
-        {
-            return Ok(tail.events.iter().map(|e| e.json.clone()).collect());
+            .await;
+        if let Err(e) = committed {
+            for entry in claimed {
+                taken.remove(&entry);
+            }
+            return Err(e.into());
         }
-        let rows = self
-            .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), REPEAT_WINDOW).rev())
-            .await?;
-        Ok(rows.into_iter().rev().map(|(_, event)| event).collect())
+        Ok(())
     }
 
     /// Forgets what this node cached about mailboxes and conversations: after
