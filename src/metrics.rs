@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Seqs the conversation counter was ahead of this node's head by: two
     /// nodes sequenced one conversation, or a seq went unused.
     pub seq_fence_skips: IntCounter,
+    /// Seqs handed out but never stored, given to later sends.
+    pub seqs_reclaimed: IntCounter,
     /// Pushed events dropped as repeats of ones already in the mailbox.
     pub pushed_repeats: IntCounter,
     /// Peers (this node included) in the ring this node serves by.
@@ -173,6 +175,11 @@ impl Metrics {
                 "Times a conversation's seq counter was ahead of this node's head",
             )
             .expect("valid metric"),
+            seqs_reclaimed: IntCounter::new(
+                "seqs_reclaimed_total",
+                "Seqs handed out but never stored, given to later sends so the order stays gap-free",
+            )
+            .expect("valid metric"),
             pushed_repeats: IntCounter::new(
                 "pushed_repeats_total",
                 "Events pushed by a peer and dropped as repeats of recent ones",
@@ -248,6 +255,7 @@ impl Metrics {
             Box::new(self.sends_acked_before_delivery.clone()),
             Box::new(self.seq_fence_skips.clone()),
             Box::new(self.pushed_repeats.clone()),
+            Box::new(self.seqs_reclaimed.clone()),
             Box::new(self.ring_live_nodes.clone()),
         ];
         for c in collectors {

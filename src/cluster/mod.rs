@@ -193,6 +193,18 @@ impl Cluster {
         }
     }
 
+    /// Whether this node may append to `key`'s mailbox now: it is in the
+    /// ring, and both views make it the owner (while they differ, the ring
+    /// is changing and another node may still be writing there).
+    pub fn settled_owner(&self, key: &[u8]) -> bool {
+        if !self.multi {
+            return true;
+        }
+        self.available()
+            && self.owner_in(&self.serving(), key) == self.me
+            && self.owner_in(&self.newest(), key) == self.me
+    }
+
     pub fn joined(&self) -> bool {
         self.joined.load(Ordering::Acquire)
     }

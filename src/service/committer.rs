@@ -40,6 +40,10 @@ pub struct Commit {
     /// The recipient whose copy the caller waits for when another node owns
     /// its mailbox (a direct message: receiver first).
     pub await_delivery: Option<UserId>,
+    /// Append here whatever the serving view says: the caller checked that
+    /// this node owns the mailboxes by both views (pushed and re-routed
+    /// copies, which must not go round the outbox again).
+    pub here: bool,
 }
 
 /// What a commit became.
@@ -208,7 +212,12 @@ impl Writer {
     /// position of each user this node appends to for the first time since
     /// the ring changed.
     async fn route(&mut self, requests: &mut [Request], warm: &mut Warm) -> Result<(), StoreError> {
-        if !self.cluster.fresh() {
+        // A node that stood still may have lost what it sequenced to
+        // another node meanwhile: it commits nothing of its own until it
+        // rejoined. Copies it was handed while rejoining may still land.
+        if !self.cluster.fresh()
+            || (!self.cluster.joined() && requests.iter().any(|r| !r.commit.here))
+        {
             return Err(StoreError::Unavailable(
                 "this node stood still and is rejoining the ring".into(),
             ));
@@ -223,7 +232,7 @@ impl Writer {
             let c = &mut request.commit;
             let appends = std::mem::take(&mut c.appends);
             for (user, event) in appends {
-                if self.cluster.serves(user.0.as_bytes()) {
+                if c.here || self.cluster.serves(user.0.as_bytes()) {
                     if !warm.users.contains(&user) && !cold.contains(&user) {
                         cold.push(user);
                     }

@@ -162,6 +162,14 @@ impl Outbox {
     }
 
     async fn round(&self, after: &mut Option<Vec<u8>>) -> Result<Round, StoreError> {
+        if !self.cluster.fresh() {
+            // Stood still: what it read before may have been delivered by
+            // others since; wait until it rejoined.
+            return Ok(Round {
+                handled: 0,
+                blocked: true,
+            });
+        }
         let mut scan = Scan::prefix(Table::Outbox, &self.node_key, BATCH);
         if let Some(last) = after {
             scan.start = std::ops::Bound::Excluded(last.clone());
@@ -184,7 +192,11 @@ impl Outbox {
         }
         let last_row = rows.last().map(|(row, _)| row.clone());
 
-        let mut local = Commit::default();
+        let mut local = Commit {
+            here: true,
+            ..Commit::default()
+        };
+        let mut waiting = false;
         let mut remote: Vec<(usize, Vec<&Row>)> = Vec::new();
         for entry in &rows {
             let (row, cell) = entry;
@@ -195,10 +207,14 @@ impl Outbox {
             };
             let user = UserId(uuid::Uuid::from_bytes(*user));
             match self.cluster.delivery(user.0.as_bytes()) {
-                Route::Local => {
+                Route::Local if self.cluster.settled_owner(user.0.as_bytes()) => {
                     local.appends.push((user, cell.slice(16..)));
                     local.writes.push(delete(row));
                 }
+                // This node is about to own the mailbox, but the ring is
+                // still changing: this entry (and so every later one for
+                // the same mailbox) waits for the next round.
+                Route::Local => waiting = true,
                 Route::Remote(peer) => {
                     let i = self.peer_index(peer);
                     match remote.iter_mut().find(|(p, _)| *p == i) {
@@ -232,7 +248,7 @@ impl Outbox {
                 (peer, rows, result)
             });
         }
-        let mut blocked = false;
+        let mut blocked = waiting;
         let mut done = Commit::default();
         while let Some(finished) = pushes.join_next().await {
             let Ok((peer, rows, result)) = finished else {

@@ -56,12 +56,11 @@ pub struct Head {
     epoch: u64,
     seq: Seq,
     last: Option<MessageId>,
-    /// On a ring: the conversation's counter is known to be at or above
-    /// the newest stored seq.
-    fenced: bool,
-    /// On a ring: a seq the counter handed to this node for a send whose
-    /// commit failed, to be used by the next send if that one never landed.
-    reserved: Option<Seq>,
+    /// On a ring: the conversation's counter when the head was loaded, if
+    /// it was read. Seqs between the head and it were handed out but never
+    /// stored (a send whose commit failed, or a node that stopped between
+    /// taking a seq and committing; see `next_seq`).
+    counter: Option<Seq>,
 }
 
 impl Head {
@@ -246,12 +245,8 @@ impl Service {
             Err(e) => {
                 // The message may still land (a failed write is rolled
                 // forward before the store serves anything else): learn the
-                // head again, and keep the seq the counter gave us for the
-                // next send in case it did not.
+                // head again (and the counter, on a ring).
                 head.loaded = false;
-                if self.inner.cluster.is_multi_node() {
-                    head.reserved = Some(message.seq);
-                }
                 return Err(e.into());
             }
         };
@@ -320,6 +315,7 @@ impl Service {
         head.epoch = epoch;
         head.seq = 0;
         head.last = None;
+        head.counter = None;
         if let Some(page) = self.inner.history_cache.get(&conv)
             && let Some((seq, json)) = page.messages.back()
         {
@@ -344,40 +340,57 @@ impl Service {
     /// (one was stopped, and resumes), so the seq comes from an atomic
     /// increment of the conversation's counter in the store: never handed
     /// out twice, whatever the nodes believe.
+    ///
+    /// A seq can be handed out and never stored: its commit failed, or its
+    /// node stopped in between and, being stale when it resumed, refused to
+    /// commit (the committer writes nothing while the node is not in the
+    /// ring). Such seqs are found when the head is loaded (the counter is
+    /// ahead of the newest message) and given to the next sends, so the
+    /// order stays gap-free.
     async fn next_seq(&self, conv: ConversationId, head: &mut Head) -> Result<Seq> {
         if !self.inner.cluster.is_multi_node() {
             return Ok(head.seq + 1);
         }
-        if let Some(reserved) = head.reserved.take()
-            && reserved == head.seq + 1
-        {
-            return Ok(reserved);
-        }
         let row = seq_row(conv);
-        if !head.fenced {
-            // A conversation that began on a single node has messages but
-            // no counter yet: start the counter at its head.
-            let stored = self.get(Table::Counters, &row).await?;
-            let at = match &stored {
-                Some(b) => counter_value(b)?,
-                None => 0,
-            };
-            if at < head.seq {
-                let started = self
-                    .inner
-                    .store
-                    .check_and_put(
-                        Table::Counters,
-                        &row,
-                        stored.as_deref(),
-                        Bytes::copy_from_slice(&(head.seq as i64).to_be_bytes()),
-                    )
-                    .await?;
-                if !started {
-                    tracing::info!(%conv, "another node started the conversation's counter first");
+        let counter = match head.counter {
+            Some(counter) => counter,
+            None => {
+                let stored = self.get(Table::Counters, &row).await?;
+                let at = match &stored {
+                    Some(b) => counter_value(b)?,
+                    None => 0,
+                };
+                if at < head.seq {
+                    // A conversation that began on a single node has
+                    // messages but no counter yet: start it at the head.
+                    let started = self
+                        .inner
+                        .store
+                        .check_and_put(
+                            Table::Counters,
+                            &row,
+                            stored.as_deref(),
+                            Bytes::copy_from_slice(&(head.seq as i64).to_be_bytes()),
+                        )
+                        .await?;
+                    if !started {
+                        tracing::info!(%conv, "another node started the conversation's counter first");
+                    }
                 }
+                let counter = at.max(head.seq);
+                if counter > head.seq {
+                    self.inner
+                        .metrics
+                        .seqs_reclaimed
+                        .inc_by(counter - head.seq);
+                    tracing::info!(%conv, head = head.seq, counter, "reusing seqs handed out but never stored");
+                }
+                head.counter = Some(counter);
+                counter
             }
-            head.fenced = true;
+        };
+        if counter > head.seq {
+            return Ok(head.seq + 1);
         }
         let started = Instant::now();
         let n = self.inner.store.increment(Table::Counters, &row, 1).await?;
@@ -385,8 +398,7 @@ impl Service {
         let n = u64::try_from(n).map_err(|_| Error::Internal("negative seq counter".into()))?;
         if n != head.seq + 1 {
             // Another node sequenced this conversation since this one
-            // learned its head (both believed they owned it), or a seq was
-            // handed out and never used.
+            // learned its head: both believed they owned it.
             self.inner.metrics.seq_fence_skips.inc();
             tracing::warn!(%conv, head = head.seq, counter = n, "the seq counter was ahead of the head");
             head.last = match self.message_at(conv, n - 1).await? {
@@ -395,6 +407,7 @@ impl Service {
             };
             head.seq = n - 1;
         }
+        head.counter = Some(n);
         Ok(n)
     }
 

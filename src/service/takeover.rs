@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::committer::{Commit, Committer};
 use super::outbox::{Deliveries, Outbox, Pushed};
 use super::{Error, Result, Service};
-use crate::cluster::{Cluster, Peer, Route, View};
+use crate::cluster::{Cluster, Peer, View};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -31,12 +31,12 @@ impl Service {
     /// peer's outbox drained by two nodes at once).
     pub async fn take_appends(&self, entries: Vec<Pushed>) -> Result<()> {
         let cluster = &self.inner.cluster;
-        if !cluster.fresh() {
+        if !cluster.available() {
             return Err(Error::Rejoining);
         }
         if entries
             .iter()
-            .any(|e| !matches!(cluster.delivery(e.user.0.as_bytes()), Route::Local))
+            .any(|e| !cluster.settled_owner(e.user.0.as_bytes()))
         {
             return Err(Error::NotOwner);
         }
@@ -67,6 +67,7 @@ impl Service {
             .committer
             .commit(Commit {
                 appends,
+                here: true,
                 ..Commit::default()
             })
             .await;
@@ -122,19 +123,20 @@ impl Takeover {
         }
     }
 
-    async fn follow(
-        &self,
-        newest: &Arc<View>,
-        serving: &View,
-        rejoining: bool,
-        stop: &CancellationToken,
-    ) {
+    async fn follow(&self, newest: &Arc<View>, serving: &View, rejoining: bool, stop: &CancellationToken) {
         let me = self.cluster.me_index();
-        for (i, peer) in self.cluster.peers().iter().enumerate() {
-            // Peers that left since the last view; all departed ones when
-            // (re)joining, since this node cannot know what it missed.
-            let left = !newest.live[i] && (rejoining || serving.live[i]);
-            if i != me && left {
+        // Peers that left since the last view; all departed ones when
+        // (re)joining, since this node cannot know what it missed.
+        let departed: Vec<&Peer> = self
+            .cluster
+            .peers()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me && !newest.live[*i] && (rejoining || serving.live[*i]))
+            .map(|(_, p)| p)
+            .collect();
+        if !rejoining {
+            for peer in &departed {
                 self.settle(peer, stop).await;
             }
         }
@@ -145,16 +147,23 @@ impl Takeover {
             .set(newest.live.iter().filter(|l| **l).count() as i64);
         // Raise the watermark past positions a mailbox's previous owner
         // may have written, now that this node owns it.
-        let _ = self.committer.commit(Commit::default()).await;
+        let _ = self
+            .committer
+            .commit(Commit {
+                here: true,
+                ..Commit::default()
+            })
+            .await;
         if rejoining {
             self.wait_to_be_routed(stop).await;
             self.cluster.set_joined(true);
+            // The live peers settled these while this node was away, unless
+            // the whole ring restarted; doing it again is harmless.
+            for peer in &departed {
+                self.settle(peer, stop).await;
+            }
         }
-        tracing::info!(
-            epoch = newest.epoch,
-            rejoined = rejoining,
-            "serving by the new ring"
-        );
+        tracing::info!(epoch = newest.epoch, rejoined = rejoining, "serving by the new ring");
     }
 
     /// Finishes a departed peer's half-written batch and drains its outbox,
