@@ -19,7 +19,7 @@ use crate::service::cache::{HistoryCache, MailboxCache};
 use crate::service::clock::Clock;
 use crate::service::committer::{Committer, Watermark, Writer, clock_row};
 use crate::service::hold::HoldTimes;
-use crate::service::outbox::{Deliveries, Outbox};
+use crate::service::outbox::{Deliveries, Outbox, Pending};
 use crate::service::rate::SendRate;
 use crate::service::takeover::Takeover;
 use crate::service::waiters::Waiters;
@@ -173,6 +173,7 @@ impl Node {
         };
         let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
         let deliveries = Arc::new(Deliveries::default());
+        let pending = Arc::new(Pending::default());
         let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
             Some(b) => u64::from_be_bytes(
                 b.as_ref()
@@ -207,6 +208,7 @@ impl Node {
             metrics: metrics.clone(),
             cluster: cluster.clone(),
             deliveries: deliveries.clone(),
+            pending: pending.clone(),
         });
         let stop = CancellationToken::new();
         let service = Service::new(Parts {
@@ -247,6 +249,7 @@ impl Node {
                 watermark: Some(watermark),
                 cluster,
                 deliveries,
+                pending: Some(pending),
             }
             .run(stop.clone()),
         );

@@ -342,6 +342,12 @@ impl Oracle {
             self.chain(m.conversation_id, seq, m.message_id, m.prev_message_id);
             let track = self.tracks.entry((device, m.conversation_id)).or_default();
             if seq < track.max_seq {
+                if std::env::var_os("LOADTEST_DEBUG_ORDER").is_some() {
+                    eprintln!(
+                        "out of order: device {device} conversation {} seq {seq} after {} own {own}",
+                        m.conversation_id, track.max_seq
+                    );
+                }
                 if own {
                     self.counts.copies_reordered += 1;
                 } else {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::{HistoryCache, MailboxCache, StoredEvent};
 use super::clock::Clock;
-use super::outbox::Deliveries;
+use super::outbox::{Deliveries, Pending};
 use super::waiters::Waiters;
 use crate::cluster::Cluster;
 use crate::domain::{ConversationId, Cursor, MessageId, Seq, UserId};
@@ -112,6 +112,8 @@ pub struct Writer {
     pub cluster: Arc<Cluster>,
     /// Copies callers wait for, by outbox id.
     pub deliveries: Arc<Deliveries>,
+    /// Mailboxes with entries waiting in this node's outbox.
+    pub pending: Arc<Pending>,
 }
 
 /// Users this node appended to since the ring last changed. Before its
@@ -228,16 +230,23 @@ impl Writer {
             warm.users.clear();
         }
         let mut cold = Vec::new();
+        let mut queued: Vec<UserId> = Vec::new();
         for request in requests.iter_mut() {
             let c = &mut request.commit;
             let appends = std::mem::take(&mut c.appends);
             for (user, event) in appends {
-                if c.here || self.cluster.serves(user.0.as_bytes()) {
+                // In place only when nothing for this mailbox waits in the
+                // outbox, which would be overtaken.
+                let behind = self.pending.has(&user) || queued.contains(&user);
+                if c.here || (!behind && self.cluster.serves(user.0.as_bytes())) {
                     if !warm.users.contains(&user) && !cold.contains(&user) {
                         cold.push(user);
                     }
                     c.appends.push((user, event));
                 } else {
+                    if !queued.contains(&user) {
+                        queued.push(user);
+                    }
                     c.outbox.push((user, event));
                 }
             }
@@ -279,6 +288,7 @@ impl Writer {
             let mut mine = Vec::with_capacity(c.appends.len());
             for (user, event) in &c.appends {
                 let position = self.clock.tick();
+                tracing::trace!(%user, position, event = %String::from_utf8_lossy(&event[..event.len().min(600)]), "append");
                 writes.push(Mutation::Put {
                     table: Table::Mailboxes,
                     row: keys::id_u64(user.0, position),
@@ -315,7 +325,14 @@ impl Writer {
             );
         }
 
-        let newest = self.clock.last();
+        // A barrier (nothing to write) takes a fresh tick: on a node that
+        // just took mailboxes over, rows their previous owner wrote up to
+        // now become readable.
+        let newest = if writes.is_empty() {
+            self.clock.tick()
+        } else {
+            self.clock.last()
+        };
         self.metrics
             .commit_batch_size
             .observe(requests.len() as f64);
@@ -356,6 +373,13 @@ impl Writer {
             return;
         }
         self.watermark.raise(newest);
+        if self.cluster.is_multi_node() {
+            for request in &requests {
+                for (user, _) in &request.commit.outbox {
+                    self.pending.add(*user);
+                }
+            }
+        }
         if outbox_rows > 0 {
             self.metrics.outbox_depth.add(outbox_rows);
             self.outbox_kick.notify_one();
@@ -469,6 +493,7 @@ mod tests {
                 b"",
             ),
             deliveries: Arc::new(Deliveries::default()),
+            pending: Arc::new(Pending::default()),
         }
     }
 

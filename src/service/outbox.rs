@@ -75,6 +75,31 @@ impl Deliveries {
     }
 }
 
+/// How many entries of this node's own outbox wait for each mailbox. While
+/// some do, the committer sends that mailbox's new events through the
+/// outbox too, behind them: appending in place would overtake them (a copy
+/// whose push is still timing out against a peer that just stopped, and
+/// whose mailbox this node took over meanwhile).
+#[derive(Default)]
+pub struct Pending(DashMap<UserId, u32>);
+
+impl Pending {
+    pub fn has(&self, user: &UserId) -> bool {
+        self.0.contains_key(user)
+    }
+
+    pub fn add(&self, user: UserId) {
+        *self.0.entry(user).or_default() += 1;
+    }
+
+    fn done(&self, user: &UserId) {
+        self.0.remove_if_mut(user, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
 pub struct Outbox {
     pub store: Arc<dyn Store>,
     pub committer: Committer,
@@ -87,6 +112,8 @@ pub struct Outbox {
     pub watermark: Option<Arc<Watermark>>,
     pub cluster: Arc<Cluster>,
     pub deliveries: Arc<Deliveries>,
+    /// Counts of this node's own entries (`None` for a departed peer's).
+    pub pending: Option<Arc<Pending>>,
 }
 
 /// What one round did.
@@ -106,6 +133,13 @@ impl Outbox {
         {
             // Entries a previous run left behind count toward the depth.
             self.metrics.outbox_depth.set(left.len() as i64);
+            if let Some(pending) = &self.pending {
+                for (_, cell) in &left {
+                    if let Some((user, _)) = cell.split_first_chunk::<16>() {
+                        pending.add(UserId(uuid::Uuid::from_bytes(*user)));
+                    }
+                }
+            }
         }
         // The last row applied: new entries always sort after it, and
         // starting there skips the tombstones of applied ones.
@@ -227,11 +261,15 @@ impl Outbox {
 
         let mut handled = 0;
         let local_ids: Vec<u64> = rows_ids(&local.writes);
+        let local_users: Vec<UserId> = local.appends.iter().map(|(u, _)| *u).collect();
         if !local.writes.is_empty() {
             handled += local.writes.len();
             self.committer.commit(local).await?;
             for id in local_ids {
                 self.deliveries.delivered(id);
+            }
+            if let Some(pending) = &self.pending {
+                local_users.iter().for_each(|u| pending.done(u));
             }
         }
 
@@ -241,7 +279,15 @@ impl Outbox {
             let body = encode(group.iter().map(|(row, cell)| {
                 (self.node_key, keys::trailing_u64(row).unwrap_or(0), cell.as_ref())
             }));
-            let rows: Vec<Vec<u8>> = group.iter().map(|(row, _)| row.clone()).collect();
+            let rows: Vec<(Vec<u8>, Option<UserId>)> = group
+                .iter()
+                .map(|(row, cell)| {
+                    let user = cell
+                        .split_first_chunk::<16>()
+                        .map(|(u, _)| UserId(uuid::Uuid::from_bytes(*u)));
+                    (row.clone(), user)
+                })
+                .collect();
             let cluster = self.cluster.clone();
             pushes.spawn(async move {
                 let result = push(&cluster, &peer, body).await;
@@ -257,9 +303,12 @@ impl Outbox {
             };
             match result {
                 Ok(()) => {
-                    for row in rows {
+                    for (row, user) in rows {
                         if let Some(id) = keys::trailing_u64(&row) {
                             self.deliveries.delivered(id);
+                        }
+                        if let (Some(pending), Some(user)) = (&self.pending, user) {
+                            pending.done(&user);
                         }
                         done.writes.push(Mutation::Delete {
                             table: Table::Outbox,

@@ -178,6 +178,7 @@ impl Takeover {
             watermark: None,
             cluster: self.cluster.clone(),
             deliveries: self.deliveries.clone(),
+            pending: None,
         };
         let index = self.cluster.peers().iter().position(|p| p.id == peer.id);
         let mut pause = Duration::from_millis(100);
