@@ -277,7 +277,11 @@ impl Outbox {
         for (i, group) in remote {
             let peer = self.cluster.peers()[i].clone();
             let body = encode(group.iter().map(|(row, cell)| {
-                (self.node_key, keys::trailing_u64(row).unwrap_or(0), cell.as_ref())
+                (
+                    self.node_key,
+                    keys::trailing_u64(row).unwrap_or(0),
+                    cell.as_ref(),
+                )
             }));
             let rows: Vec<(Vec<u8>, Option<UserId>)> = group
                 .iter()

@@ -379,10 +379,7 @@ impl Service {
                 }
                 let counter = at.max(head.seq);
                 if counter > head.seq {
-                    self.inner
-                        .metrics
-                        .seqs_reclaimed
-                        .inc_by(counter - head.seq);
+                    self.inner.metrics.seqs_reclaimed.inc_by(counter - head.seq);
                     tracing::info!(%conv, head = head.seq, counter, "reusing seqs handed out but never stored");
                 }
                 head.counter = Some(counter);

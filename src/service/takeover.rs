@@ -47,11 +47,12 @@ impl Service {
             // Claimed before the commit, so a repeat arriving meanwhile is
             // dropped too; released again if the commit fails.
             let mut fresh = false;
-            taken.get_or_insert_with(&e.entry, || {
-                fresh = true;
-                Ok::<(), ()>(())
-            })
-            .ok();
+            taken
+                .get_or_insert_with(&e.entry, || {
+                    fresh = true;
+                    Ok::<(), ()>(())
+                })
+                .ok();
             if !fresh {
                 self.inner.metrics.pushed_repeats.inc();
                 continue;
@@ -123,7 +124,13 @@ impl Takeover {
         }
     }
 
-    async fn follow(&self, newest: &Arc<View>, serving: &View, rejoining: bool, stop: &CancellationToken) {
+    async fn follow(
+        &self,
+        newest: &Arc<View>,
+        serving: &View,
+        rejoining: bool,
+        stop: &CancellationToken,
+    ) {
         let me = self.cluster.me_index();
         // Peers that left since the last view; all departed ones when
         // (re)joining, since this node cannot know what it missed.
@@ -163,7 +170,11 @@ impl Takeover {
                 self.settle(peer, stop).await;
             }
         }
-        tracing::info!(epoch = newest.epoch, rejoined = rejoining, "serving by the new ring");
+        tracing::info!(
+            epoch = newest.epoch,
+            rejoined = rejoining,
+            "serving by the new ring"
+        );
     }
 
     /// Finishes a departed peer's half-written batch and drains its outbox,
