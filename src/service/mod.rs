@@ -150,6 +150,10 @@ struct Inner {
 pub struct Settings {
     pub prev_wait: Duration,
     pub max_group_members: usize,
+    /// How long a new owner waits for the previous, still running owner's
+    /// last commits before reusing seqs it took (its call timeout, and a
+    /// second).
+    pub straggler_wait: Duration,
 }
 
 impl Settings {
@@ -157,6 +161,7 @@ impl Settings {
         Settings {
             prev_wait: config.send.prev_wait,
             max_group_members: config.limits.max_group_members,
+            straggler_wait: config.storage.hbase.call_timeout + Duration::from_secs(1),
         }
     }
 }

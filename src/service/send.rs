@@ -378,6 +378,13 @@ impl Service {
                     }
                 }
                 let counter = at.max(head.seq);
+                if counter > head.seq && self.inner.cluster.previous_owner_alive(conv.0.as_bytes())
+                {
+                    // The conversation just moved here from a node that is
+                    // still up: a commit of its may still land in those
+                    // seqs. Wait for it (bounded) before reusing them.
+                    self.await_stragglers(conv, head, counter).await?;
+                }
                 if counter > head.seq {
                     self.inner.metrics.seqs_reclaimed.inc_by(counter - head.seq);
                     tracing::info!(%conv, head = head.seq, counter, "reusing seqs handed out but never stored");
@@ -406,6 +413,27 @@ impl Service {
         }
         head.counter = Some(n);
         Ok(n)
+    }
+
+    /// Follows messages landing above the head, up to `counter`, for at
+    /// most the store's call timeout and a second.
+    async fn await_stragglers(
+        &self,
+        conv: ConversationId,
+        head: &mut Head,
+        counter: Seq,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.straggler_wait;
+        while head.seq < counter && tokio::time::Instant::now() < deadline {
+            match self.message_at(conv, head.seq + 1).await? {
+                Some(json) => {
+                    head.seq += 1;
+                    head.last = Some(message_id_of(&json)?);
+                }
+                None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        Ok(())
     }
 
     /// The members of group `g`, if `user` is one of them.

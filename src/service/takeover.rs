@@ -148,7 +148,11 @@ impl Takeover {
             }
         }
         self.service.cool_down();
-        self.cluster.publish(newest.clone());
+        if rejoining {
+            self.cluster.publish_rejoined(newest.clone());
+        } else {
+            self.cluster.publish(newest.clone());
+        }
         self.metrics
             .ring_live_nodes
             .set(newest.live.iter().filter(|l| **l).count() as i64);
