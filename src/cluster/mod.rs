@@ -197,15 +197,20 @@ impl Cluster {
     }
 
     /// Whether this node may append to `key`'s mailbox now: it is in the
-    /// ring, and both views make it the owner (while they differ, the ring
-    /// is changing and another node may still be writing there).
+    /// ring, the newest view makes it the owner, and the serving view does
+    /// too or names a node that has left (while the views differ otherwise,
+    /// another node may still be writing there).
     pub fn settled_owner(&self, key: &[u8]) -> bool {
         if !self.multi {
             return true;
         }
+        let newest = self.newest();
+        let serving_owner = self.owner_in(&self.serving(), key);
+        // The serving view may still name a peer the probes found dead
+        // (this node is finishing what it left): it writes nothing more.
         self.available()
-            && self.owner_in(&self.serving(), key) == self.me
-            && self.owner_in(&self.newest(), key) == self.me
+            && self.owner_in(&newest, key) == self.me
+            && (serving_owner == self.me || !newest.live[serving_owner])
     }
 
     pub fn joined(&self) -> bool {

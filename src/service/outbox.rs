@@ -241,7 +241,13 @@ impl Outbox {
             };
             let user = UserId(uuid::Uuid::from_bytes(*user));
             match self.cluster.delivery(user.0.as_bytes()) {
-                Route::Local if self.cluster.settled_owner(user.0.as_bytes()) => {
+                // A departed peer's entries are delivered by the newest
+                // view: this node takes those mailboxes over, and their
+                // previous owner is gone (draining comes before serving).
+                Route::Local
+                    if self.watermark.is_none()
+                        || self.cluster.settled_owner(user.0.as_bytes()) =>
+                {
                     local.appends.push((user, cell.slice(16..)));
                     local.writes.push(delete(row));
                 }

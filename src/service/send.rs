@@ -423,7 +423,9 @@ impl Service {
         head: &mut Head,
         counter: Seq,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.inner.settings.straggler_wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.inner.settings.straggler_wait;
+        let from = head.seq;
         while head.seq < counter && tokio::time::Instant::now() < deadline {
             match self.message_at(conv, head.seq + 1).await? {
                 Some(json) => {
@@ -433,6 +435,13 @@ impl Service {
                 None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
+        tracing::info!(
+            %conv,
+            landed = head.seq - from,
+            reused = counter - head.seq,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "waited for the previous owner's last commits"
+        );
         Ok(())
     }
 
