@@ -256,6 +256,7 @@ impl Service {
         }
         let conv = ConversationId::from(g);
         let mut lock = self.inner.sequencer.lock(conv).await;
+        self.still_owner(conv)?;
         let group = self
             .group_state_locked(g, &lock)
             .await?

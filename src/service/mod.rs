@@ -71,6 +71,10 @@ pub enum Error {
     /// The node is (re)joining the ring and serves nothing until it has.
     #[error("this node is joining the ring; retry shortly")]
     Rejoining,
+    /// The conversation moved to another node while the request waited for
+    /// its sequencer; a retry reaches the new owner.
+    #[error("this conversation moved to another node; retry")]
+    Moved,
     /// A peer pushed appends for a mailbox this node does not own.
     #[error("this node does not own that mailbox")]
     NotOwner,
@@ -213,6 +217,16 @@ impl Service {
         !self.inner.shutdown.is_cancelled()
             && self.inner.cluster.available()
             && self.inner.store.ping().await.is_ok()
+    }
+
+    /// Checked under a conversation's sequencer lock: requests queued on
+    /// the lock when the ring changed must not be sequenced here too.
+    fn still_owner(&self, conv: ConversationId) -> Result<()> {
+        let cluster = &self.inner.cluster;
+        if cluster.is_multi_node() && !(cluster.available() && cluster.serves(conv.0.as_bytes())) {
+            return Err(Error::Moved);
+        }
+        Ok(())
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {

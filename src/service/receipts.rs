@@ -37,6 +37,7 @@ impl Service {
     ) -> Result<()> {
         let (meta, membership) = self.membership(user, conv).await?;
         let mut lock = self.inner.sequencer.lock(conv).await;
+        self.still_owner(conv)?;
         self.load_head(conv, &mut lock).await?;
         let newest = match membership {
             Membership::Former(seq) => seq,

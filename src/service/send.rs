@@ -172,6 +172,7 @@ impl Service {
         }
 
         let mut head = self.inner.sequencer.lock(conv).await;
+        self.still_owner(conv)?;
         self.load_head(conv, &mut head).await?;
         let recipients = match req.to {
             Destination::User(to) => vec![to],
