@@ -50,6 +50,8 @@ pub struct Cluster {
     me: usize,
     multi: bool,
     serving: RwLock<Arc<View>>,
+    /// The serving view's epoch, read without the lock on the send path.
+    serving_epoch: AtomicU64,
     /// The serving view before the last change: who owned a key before.
     previous: RwLock<Arc<View>>,
     newest: RwLock<Arc<View>>,
@@ -116,9 +118,7 @@ impl Cluster {
         let pause_limit =
             (config.probe_interval * config.down_after).max(Duration::from_millis(750));
         let multi = peers.len() > 1;
-        // HMAC takes keys of any length; an empty secret never reaches here.
-        let mac = Hmac::<Sha256>::new_from_slice(secret)
-            .unwrap_or_else(|_| Hmac::<Sha256>::new_from_slice(b"-").expect("a one-byte key"));
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
         Arc::new(Cluster {
             client: client::PeerClient::new(),
             peers,
@@ -126,6 +126,7 @@ impl Cluster {
             me,
             multi,
             serving: RwLock::new(view.clone()),
+            serving_epoch: AtomicU64::new(view.epoch),
             previous: RwLock::new(view.clone()),
             newest: RwLock::new(view),
             changes: watch::channel(1).0,
@@ -159,6 +160,11 @@ impl Cluster {
         read(&self.serving)
     }
 
+    /// The serving view's epoch: state learned under another may be stale.
+    pub fn epoch(&self) -> u64 {
+        self.serving_epoch.load(Ordering::Acquire)
+    }
+
     pub fn newest(&self) -> Arc<View> {
         read(&self.newest)
     }
@@ -170,10 +176,14 @@ impl Cluster {
 
     /// Where requests for `key` go now.
     pub fn route(&self, key: &[u8]) -> Route<'_> {
+        self.route_in(&self.serving, key)
+    }
+
+    fn route_in(&self, view: &RwLock<Arc<View>>, key: &[u8]) -> Route<'_> {
         if !self.multi {
             return Route::Local;
         }
-        match self.owner_in(&self.serving(), key) {
+        match self.owner_in(&read(view), key) {
             i if i == self.me => Route::Local,
             i => Route::Remote(&self.peers[i]),
         }
@@ -187,13 +197,7 @@ impl Cluster {
     /// Where a deferred append for `key` should be delivered: by the
     /// newest view, which may be ahead of the serving one.
     pub fn delivery(&self, key: &[u8]) -> Route<'_> {
-        if !self.multi {
-            return Route::Local;
-        }
-        match self.owner_in(&self.newest(), key) {
-            i if i == self.me => Route::Local,
-            i => Route::Remote(&self.peers[i]),
-        }
+        self.route_in(&self.newest, key)
     }
 
     /// Whether this node may append to `key`'s mailbox now: it is in the
@@ -253,7 +257,7 @@ impl Cluster {
         if newest.live == live && !force {
             return false;
         }
-        let epoch = newest.epoch.max(self.serving().epoch) + 1;
+        let epoch = newest.epoch.max(self.epoch()) + 1;
         *newest = Arc::new(View { epoch, live });
         drop(newest);
         self.changes.send_replace(epoch);
@@ -263,6 +267,7 @@ impl Cluster {
     /// Makes `view` the one requests are routed by.
     pub fn publish(&self, view: Arc<View>) {
         let mut serving = self.serving.write().unwrap_or_else(|e| e.into_inner());
+        self.serving_epoch.store(view.epoch, Ordering::Release);
         let old = std::mem::replace(&mut *serving, view);
         drop(serving);
         *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old;
@@ -273,7 +278,10 @@ impl Cluster {
     pub fn publish_rejoined(&self, view: Arc<View>) {
         let mut without_me = (*view).clone();
         without_me.live[self.me] = false;
-        *self.serving.write().unwrap_or_else(|e| e.into_inner()) = view;
+        let mut serving = self.serving.write().unwrap_or_else(|e| e.into_inner());
+        self.serving_epoch.store(view.epoch, Ordering::Release);
+        *serving = view;
+        drop(serving);
         *self.previous.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(without_me);
     }
 

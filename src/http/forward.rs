@@ -13,9 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Method;
-use hyper::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-};
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 
 use super::Ctx;
 use super::error::ApiError;
@@ -40,21 +38,16 @@ const ANSWER_HEADERS: [&str; 6] = [
 /// Whether the request was passed on by a peer: its `x-carrier-hop` is
 /// `<node id> <signature of method and path>`, so a client cannot pose as
 /// a peer (forwarded requests skip the send rate limit, taken at the edge).
-pub(super) fn is_hop(
-    ctx: &Ctx,
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-) -> bool {
-    let Some(value) = headers.get(HOP).and_then(|v| v.to_str().ok()) else {
+pub(super) fn is_hop(ctx: &Ctx, req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    // Most requests carry no hop: nothing is built for them.
+    let Some(value) = req.headers().get(HOP).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let Some((node, signature)) = value.split_once(' ') else {
         return false;
     };
-    ctx.service
-        .cluster()
-        .verify(hop_text(node, method, path_and_query).as_bytes(), signature)
+    let text = hop_text(node, req.method(), &path_and_query(req.uri()));
+    ctx.service.cluster().verify(text.as_bytes(), signature)
 }
 
 fn hop_text(node: &str, method: &Method, path_and_query: &str) -> String {

@@ -144,12 +144,7 @@ async fn dispatch(
         return Err(crate::service::Error::Rejoining.into());
     }
     let user = authenticate(ctx, &req)?;
-    let hop = forward::is_hop(
-        ctx,
-        req.method(),
-        &forward::path_and_query(req.uri()),
-        req.headers(),
-    );
+    let hop = forward::is_hop(ctx, &req);
     // Routes whose owner is known before the body is read: by the user
     // (its mailbox) or by the conversation in the path. The others
     // (sends, new groups, receipts) decide once their body is parsed.

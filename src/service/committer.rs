@@ -224,7 +224,7 @@ impl Writer {
                 "this node stood still and is rejoining the ring".into(),
             ));
         }
-        let epoch = self.cluster.serving().epoch;
+        let epoch = self.cluster.epoch();
         if warm.epoch != epoch || warm.users.len() > MAX_WARM {
             warm.epoch = epoch;
             warm.users.clear();

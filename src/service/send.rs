@@ -309,7 +309,7 @@ impl Service {
     }
 
     pub(crate) async fn load_head(&self, conv: ConversationId, head: &mut Head) -> Result<()> {
-        let epoch = self.inner.cluster.serving().epoch;
+        let epoch = self.inner.cluster.epoch();
         if head.loaded && head.epoch == epoch {
             return Ok(());
         }
