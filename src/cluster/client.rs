@@ -1,4 +1,4 @@
-//! Calls between nodes: forwarded requests, pushed appends, probes. One
+//! Calls between nodes: forwarded requests, pushed appends, join checks. One
 //! pooled keep-alive HTTP/1.1 client for all of them.
 
 use std::net::SocketAddr;

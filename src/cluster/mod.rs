@@ -1,7 +1,12 @@
 //! The ring of nodes: who owns which user and conversation, which peers
 //! answer, and the calls nodes make to one another.
 //!
-//! Two views of the ring are kept. The probes' *newest* verdict routes
+//! Membership is decided by leases in the store (`lease.rs`), not by
+//! nodes probing each other: a node whose lease lapsed stops writing
+//! before its peers take its keys, so a slow or stopped node and the node
+//! replacing it never both write.
+//!
+//! Two views of the ring are kept. The leases' *newest* verdict routes
 //! outbox deliveries and decides which pushed appends this node accepts;
 //! the *serving* view, which requests are routed by, follows it only after
 //! this node has finished what a departed peer left behind (its write log
@@ -9,7 +14,7 @@
 //! and skips all of it.
 
 pub mod client;
-pub mod probe;
+pub mod lease;
 pub mod ring;
 
 use std::net::SocketAddr;
@@ -37,9 +42,9 @@ pub struct Peer {
 /// Timings from `[cluster]`.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub down_after: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub lease: Duration,
     pub remote_wait: Duration,
     pub forward_timeout: Duration,
 }
@@ -61,11 +66,10 @@ pub struct Cluster {
     /// until the peers have this node back in their serving views.
     joined: AtomicBool,
     origin: Instant,
-    /// When the probe loop last ran (ms since `origin`).
-    last_tick_ms: AtomicU64,
-    /// Longer than this without a tick, the node may have been declared
-    /// dead by its peers (a stopped process, a stalled VM).
-    pause_limit: Duration,
+    /// Until when (ms since `origin`) this node may write: three quarters
+    /// of the lease after its last renewal began. Peers wait the whole
+    /// lease, counted from when they saw that renewal, before taking over.
+    writable_until_ms: AtomicU64,
     mac: Hmac<Sha256>,
     pub settings: Settings,
     pub client: client::PeerClient,
@@ -102,21 +106,19 @@ impl Cluster {
             .position(|p| p.id == config.node_id)
             .unwrap_or(0);
         let seeds = peers.iter().map(|p| ring::seed(&p.id)).collect();
-        // Everyone is presumed up until probed: presuming peers down would
+        // Everyone is presumed up until a lease lapses: presuming peers down would
         // have a starting node take over their users while they serve them.
         let view = Arc::new(View {
             epoch: 1,
             live: vec![true; peers.len()],
         });
         let settings = Settings {
-            probe_interval: config.probe_interval,
-            probe_timeout: config.probe_timeout,
-            down_after: config.down_after,
+            heartbeat_interval: config.heartbeat_interval,
+            heartbeat_timeout: config.heartbeat_timeout,
+            lease: config.lease,
             remote_wait: config.remote_wait,
             forward_timeout: config.forward_timeout,
         };
-        let pause_limit =
-            (config.probe_interval * config.down_after).max(Duration::from_millis(750));
         let multi = peers.len() > 1;
         let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
         Arc::new(Cluster {
@@ -132,8 +134,7 @@ impl Cluster {
             changes: watch::channel(1).0,
             joined: AtomicBool::new(!multi),
             origin: Instant::now(),
-            last_tick_ms: AtomicU64::new(0),
-            pause_limit,
+            writable_until_ms: AtomicU64::new(0),
             mac,
             settings,
         })
@@ -210,7 +211,7 @@ impl Cluster {
         }
         let newest = self.newest();
         let serving_owner = self.owner_in(&self.serving(), key);
-        // The serving view may still name a peer the probes found dead
+        // The serving view may still name a peer whose lease lapsed
         // (this node is finishing what it left): it writes nothing more.
         self.available()
             && self.owner_in(&newest, key) == self.me
@@ -225,25 +226,21 @@ impl Cluster {
         self.joined.store(joined, Ordering::Release);
     }
 
-    /// Records that the node is running (the probe loop calls it).
-    pub fn tick(&self) {
-        self.last_tick_ms
-            .store(self.origin.elapsed().as_millis() as u64, Ordering::Release);
+    /// Records a renewal of this node's lease that began at `began`.
+    pub fn renewed(&self, began: Instant) {
+        let until = began.saturating_duration_since(self.origin) + self.settings.lease * 3 / 4;
+        self.writable_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
     }
 
-    /// False when the node has not ticked for longer than its peers wait
-    /// before declaring it dead: it must not write until it rejoined.
+    /// Whether this node's lease still lets it write. False from three
+    /// quarters of the lease after the last renewal began: the node may be
+    /// about to be declared dead, and must not write until it rejoined.
     pub fn fresh(&self) -> bool {
         if !self.multi {
             return true;
         }
-        let now = self.origin.elapsed().as_millis() as u64;
-        now.saturating_sub(self.last_tick_ms.load(Ordering::Acquire))
-            < self.pause_limit.as_millis() as u64
-    }
-
-    pub fn pause_limit(&self) -> Duration {
-        self.pause_limit
+        (self.origin.elapsed().as_millis() as u64) < self.writable_until_ms.load(Ordering::Acquire)
     }
 
     /// Whether data requests may be served (joined and not paused).
@@ -251,7 +248,7 @@ impl Cluster {
         self.joined() && self.fresh()
     }
 
-    /// Sets the probes' verdict; returns whether the newest view changed.
+    /// Sets the leases' verdict; returns whether the newest view changed.
     pub fn set_newest(&self, live: Vec<bool>, force: bool) -> bool {
         let mut newest = self.newest.write().unwrap_or_else(|e| e.into_inner());
         if newest.live == live && !force {

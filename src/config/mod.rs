@@ -160,14 +160,18 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Every node of the ring, this one included; empty for a single node.
     pub peers: Vec<PeerConfig>,
-    /// Time between two health probes of each peer.
+    /// Time between two renewals of this node's lease (and readings of
+    /// its peers').
     #[serde(with = "millis")]
-    pub probe_interval: Duration,
-    /// A probe not answered within this time failed.
+    pub heartbeat_interval: Duration,
+    /// A renewal, or a call to a peer while joining, not done within this
+    /// time failed.
     #[serde(with = "millis")]
-    pub probe_timeout: Duration,
-    /// Failed probes in a row before a peer leaves the ring.
-    pub down_after: u32,
+    pub heartbeat_timeout: Duration,
+    /// How long a peer's lease may go unrenewed before it leaves the ring.
+    /// A node stops writing after three quarters of it without a renewal.
+    #[serde(with = "millis")]
+    pub lease: Duration,
     /// How long a send waits for the node owning a recipient's mailbox to
     /// take the recipient's copy before it answers anyway (the copy stays
     /// in the durable outbox until it lands).
@@ -183,9 +187,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             node_id: "n1".to_owned(),
             peers: Vec::new(),
-            probe_interval: Duration::from_millis(250),
-            probe_timeout: Duration::from_millis(500),
-            down_after: 2,
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_millis(1000),
+            lease: Duration::from_millis(3000),
             remote_wait: Duration::from_millis(3000),
             forward_timeout: Duration::from_millis(10_000),
         }
@@ -548,16 +552,22 @@ impl Config {
             }
         }
         for (key, value) in [
-            ("cluster.probe_interval", cluster.probe_interval),
-            ("cluster.probe_timeout", cluster.probe_timeout),
+            ("cluster.heartbeat_interval", cluster.heartbeat_interval),
+            ("cluster.heartbeat_timeout", cluster.heartbeat_timeout),
             ("cluster.forward_timeout", cluster.forward_timeout),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be greater than 0".to_owned());
             }
         }
-        if cluster.down_after == 0 {
-            return invalid("cluster.down_after", "must be greater than 0".to_owned());
+        // A node must get a renewal in (heartbeat_timeout) and try again
+        // (heartbeat_interval) within the three quarters of the lease it
+        // keeps writing on.
+        if cluster.lease <= (cluster.heartbeat_interval + cluster.heartbeat_timeout) * 2 {
+            return invalid(
+                "cluster.lease",
+                "must exceed twice heartbeat_interval + heartbeat_timeout".to_owned(),
+            );
         }
         Ok(())
     }

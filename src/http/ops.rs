@@ -42,7 +42,7 @@ pub(super) fn cluster(ctx: &Ctx) -> Response {
                 "id": p.id,
                 "addr": p.addr.to_string(),
                 "state": if serving.live[i] { "up" } else { "down" },
-                "probed": if newest.live[i] { "up" } else { "down" },
+                "lease": if newest.live[i] { "held" } else { "lapsed" },
             })
         })
         .collect();

@@ -162,7 +162,7 @@ impl Outbox {
                     continue;
                 }
                 // A peer failed: its entries route elsewhere once the
-                // probes take it out of the ring, so look again soon.
+                // lease lapses and it leaves the ring, so look again soon.
                 Ok(Round { blocked: true, .. }) => BLOCKED_PAUSE,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox apply failed");

@@ -1,7 +1,7 @@
 //! Life on a ring of nodes: taking the appends peers push, and following
 //! the ring as peers leave and return.
 //!
-//! When a peer leaves the probes' newest view, this node first finishes
+//! When a peer leaves the newest view (its lease lapsed), this node first finishes
 //! what the peer left behind (its last half-written batch, then its
 //! outbox, delivered to the mailboxes' new owners), then forgets what it
 //! cached (another node may have written meanwhile), and only then routes
@@ -265,7 +265,7 @@ async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
             "/v1/cluster",
             &[],
             Bytes::new(),
-            cluster.settings.probe_timeout,
+            cluster.settings.heartbeat_timeout,
         )
         .await
     else {
