@@ -239,6 +239,7 @@ impl Node {
                     metrics: metrics.clone(),
                     cluster: cluster.clone(),
                     deliveries: deliveries.clone(),
+                    watermark: watermark.clone(),
                 }
                 .run(stop.clone()),
             ),

@@ -65,6 +65,8 @@ pub struct Cluster {
     /// False while starting and after a pause: data requests get 503
     /// until the peers have this node back in their serving views.
     joined: AtomicBool,
+    /// The newest serving epoch this node has settled.
+    settled_epoch: AtomicU64,
     origin: Instant,
     /// Until when (ms since `origin`) this node may write: three quarters
     /// of the lease after its last renewal began. Peers wait the whole
@@ -133,6 +135,7 @@ impl Cluster {
             newest: RwLock::new(view),
             changes: watch::channel(1).0,
             joined: AtomicBool::new(!multi),
+            settled_epoch: AtomicU64::new(1),
             origin: Instant::now(),
             writable_until_ms: AtomicU64::new(0),
             mac,
@@ -202,20 +205,38 @@ impl Cluster {
     }
 
     /// Whether this node may append to `key`'s mailbox now: it is in the
-    /// ring, the newest view makes it the owner, and the serving view does
-    /// too or names a node that has left (while the views differ otherwise,
-    /// another node may still be writing there).
+    /// ring, and owns the mailbox (see [`Cluster::owns_mailbox`]).
     pub fn settled_owner(&self, key: &[u8]) -> bool {
+        !self.multi || (self.available() && self.owns_mailbox(key))
+    }
+
+    /// Whether the newest view makes this node the owner of `key`'s
+    /// mailbox, and the serving view does too or names a node that has
+    /// left (while the views differ otherwise, another node may still be
+    /// writing there). A joining node takes pushed appends on this alone:
+    /// its peers deliver their outboxes to it before it serves.
+    pub fn owns_mailbox(&self, key: &[u8]) -> bool {
         if !self.multi {
             return true;
         }
         let newest = self.newest();
         let serving_owner = self.owner_in(&self.serving(), key);
-        // The serving view may still name a peer whose lease lapsed
-        // (this node is finishing what it left): it writes nothing more.
-        self.available()
-            && self.owner_in(&newest, key) == self.me
+        // The serving view may still name a peer whose lease lapsed (this
+        // node is finishing what it left): that peer writes nothing more.
+        self.owner_in(&newest, key) == self.me
             && (serving_owner == self.me || !newest.live[serving_owner])
+    }
+
+    /// Records that nothing routed by views before `epoch` is still on its
+    /// way from this node: its commits landed and its outbox delivered.
+    pub fn set_settled(&self, epoch: u64) {
+        self.settled_epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Whether the serving view is settled (see [`Cluster::set_settled`]):
+    /// a joining node waits for this on every peer before it serves.
+    pub fn settled(&self) -> bool {
+        self.settled_epoch.load(Ordering::Acquire) >= self.epoch()
     }
 
     pub fn joined(&self) -> bool {

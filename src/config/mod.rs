@@ -188,8 +188,8 @@ impl Default for ClusterConfig {
             node_id: "n1".to_owned(),
             peers: Vec::new(),
             heartbeat_interval: Duration::from_millis(250),
-            heartbeat_timeout: Duration::from_millis(1000),
-            lease: Duration::from_millis(3000),
+            heartbeat_timeout: Duration::from_millis(750),
+            lease: Duration::from_millis(2500),
             remote_wait: Duration::from_millis(3000),
             forward_timeout: Duration::from_millis(10_000),
         }

@@ -51,6 +51,7 @@ pub(super) fn cluster(ctx: &Ctx) -> Response {
         &json!({
             "node_id": cluster.me().id,
             "joined": cluster.joined(),
+            "settled": cluster.settled(),
             "epoch": serving.epoch,
             "peers": peers,
         }),

@@ -221,7 +221,7 @@ impl Writer {
             || (!self.cluster.joined() && requests.iter().any(|r| !r.commit.here))
         {
             return Err(StoreError::Unavailable(
-                "this node stood still and is rejoining the ring".into(),
+                "this node's lease lapsed, or it is rejoining the ring".into(),
             ));
         }
         let epoch = self.cluster.epoch();

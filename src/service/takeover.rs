@@ -15,15 +15,18 @@ use bytes::Bytes;
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
-use super::committer::{Commit, Committer};
+use super::committer::{Commit, Committer, Watermark};
 use super::outbox::{Deliveries, Outbox, Pushed};
 use super::{Error, Result, Service};
 use crate::cluster::{Cluster, Peer, View};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Scan, Store, Table, keys};
 
-/// How long a joining node waits for its peers to route to it.
-const JOIN_WAIT: Duration = Duration::from_secs(3);
+/// How long a joining node waits for its peers to route to it and settle.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a node waits for its outbox to deliver what it owed before a
+/// peer joined (entries for a peer that is failing wait for its lease).
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 impl Service {
     /// Appends events a peer pushed for mailboxes this node owns, dropping
@@ -31,12 +34,14 @@ impl Service {
     /// peer's outbox drained by two nodes at once).
     pub async fn take_appends(&self, entries: Vec<Pushed>) -> Result<()> {
         let cluster = &self.inner.cluster;
-        if !cluster.available() {
+        // A joining node takes them too: its peers deliver what they owe
+        // its mailboxes before it serves (see `Takeover::follow`).
+        if !cluster.fresh() {
             return Err(Error::Rejoining);
         }
         if entries
             .iter()
-            .any(|e| !cluster.settled_owner(e.user.0.as_bytes()))
+            .any(|e| !cluster.owns_mailbox(e.user.0.as_bytes()))
         {
             return Err(Error::NotOwner);
         }
@@ -98,6 +103,7 @@ pub struct Takeover {
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<Cluster>,
     pub deliveries: Arc<Deliveries>,
+    pub watermark: Arc<Watermark>,
 }
 
 impl Takeover {
@@ -142,6 +148,11 @@ impl Takeover {
             .filter(|(i, _)| *i != me && !newest.live[*i] && (rejoining || serving.live[*i]))
             .map(|(_, p)| p)
             .collect();
+        // Peers that are back: they take over keys this node served, and
+        // must not serve them before what this node did for those keys
+        // has landed (its commits and its outbox).
+        let returned = !rejoining
+            && (0..newest.live.len()).any(|i| i != me && newest.live[i] && !serving.live[i]);
         if !rejoining {
             for peer in &departed {
                 self.settle(peer, stop).await;
@@ -165,6 +176,10 @@ impl Takeover {
                 ..Commit::default()
             })
             .await;
+        if returned {
+            self.flush_outbox(stop).await;
+        }
+        self.cluster.set_settled(newest.epoch);
         if rejoining {
             self.wait_to_be_routed(stop).await;
             self.cluster.set_joined(true);
@@ -224,8 +239,35 @@ impl Takeover {
         }
     }
 
-    /// Waits (bounded) until every live peer routes this node's keys to it,
-    /// so two nodes do not both serve them.
+    /// Waits (bounded) until this node's outbox has delivered every entry
+    /// committed before now: a returning peer that owns a conversation
+    /// this node sequenced must not append its next events before these.
+    async fn flush_outbox(&self, stop: &CancellationToken) {
+        let mark = self.watermark.get();
+        let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
+        let key = self.cluster.me().node_key;
+        loop {
+            let oldest = self.store.scan(Scan::prefix(Table::Outbox, &key, 1)).await;
+            match oldest {
+                Ok(rows) => {
+                    let id = rows.first().and_then(|(row, _)| keys::trailing_u64(row));
+                    if id.is_none_or(|id| id > mark) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read this node's outbox"),
+            }
+            if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                tracing::warn!("a peer returned before this node's outbox delivered what it owed");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until every live peer routes this node's keys to it
+    /// and has settled (its commits and outbox entries for them landed), so
+    /// two nodes do not both serve them.
     async fn wait_to_be_routed(&self, stop: &CancellationToken) {
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
         let me = self.cluster.me().id.clone();
@@ -255,7 +297,7 @@ impl Takeover {
     }
 }
 
-/// Whether `peer`'s serving view has node `me` up.
+/// Whether `peer`'s serving view has node `me` up, and is settled.
 async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
     let Ok(answer) = cluster
         .client
@@ -274,7 +316,8 @@ async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
     let Ok(view) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
         return false;
     };
-    view["peers"]
-        .as_array()
-        .is_some_and(|peers| peers.iter().any(|p| p["id"] == me && p["state"] == "up"))
+    view["settled"] == true
+        && view["peers"]
+            .as_array()
+            .is_some_and(|peers| peers.iter().any(|p| p["id"] == me && p["state"] == "up"))
 }
