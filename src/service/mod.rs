@@ -26,6 +26,8 @@ pub mod takeover;
 pub mod waiters;
 
 #[cfg(test)]
+mod ring_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -233,7 +235,8 @@ impl Service {
         &self.inner.cluster
     }
 
-    /// Answers every parked poll (shutdown).
+    /// Wakes every parked poll: at shutdown all answer; after a ring change
+    /// those whose user moved away do.
     pub fn wake_all(&self) {
         self.inner.mailbox_waiters.wake_all();
     }

@@ -1,5 +1,6 @@
 //! Long polling: answer at once when events wait, else park until one
-//! arrives, the hold time passes, or the node shuts down.
+//! arrives, the hold time passes, the ring moves the user to another node,
+//! or the node shuts down.
 
 use std::pin::pin;
 use std::time::{Duration, Instant};
@@ -110,6 +111,12 @@ impl Service {
                 _ = woken => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break,
+            }
+            // The ring moved the user elsewhere (the takeover wakes every
+            // poll when it does): the client's next poll reaches the new
+            // owner, which gets the events this node no longer receives.
+            if !self.inner.cluster.serves(user.0.as_bytes()) {
+                break;
             }
         }
         parked.answer();

@@ -164,6 +164,9 @@ impl Takeover {
         } else {
             self.cluster.publish(newest.clone());
         }
+        // Polls of users this node no longer serves end now, not at the
+        // end of their hold.
+        self.service.wake_all();
         self.metrics
             .ring_live_nodes
             .set(newest.live.iter().filter(|l| **l).count() as i64);
