@@ -81,15 +81,68 @@ impl From<GroupId> for ConversationId {
 /// A message's place in its conversation: 1, 2, 3, ... with no gaps.
 pub type Seq = u64;
 
-/// A position in a user's mailbox; strictly increasing per user. On the
-/// wire it is an opaque 16-hex-digit string, so clients never do arithmetic
-/// on it.
+/// A position in a user's mailbox; strictly increasing per user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cursor(pub u64);
+pub struct Position(pub u64);
+
+/// A place in a large group's stream (read by its members, not copied to
+/// their mailboxes): the message `seq`, or with `sub` > 0 the `sub`-th
+/// membership change after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamPos {
+    pub seq: Seq,
+    pub sub: u32,
+}
+
+impl StreamPos {
+    /// After every change that follows message `seq`.
+    pub fn end_of(seq: Seq) -> StreamPos {
+        StreamPos { seq, sub: u32::MAX }
+    }
+}
+
+/// Where a device is in what it receives: its mailbox position and, for
+/// each large group it reads, the last place it got there (groups absent
+/// start where the user joined). On the wire an opaque string: 16 hex
+/// digits, then `.` and 56 more per large group, so clients never do
+/// arithmetic on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub mailbox: Position,
+    /// Sorted by conversation id, each at most once.
+    pub groups: Vec<(ConversationId, StreamPos)>,
+}
+
+impl Cursor {
+    pub fn at(mailbox: Position) -> Cursor {
+        Cursor {
+            mailbox,
+            groups: Vec::new(),
+        }
+    }
+
+    pub fn group(&self, conv: ConversationId) -> Option<StreamPos> {
+        self.groups
+            .binary_search_by_key(&conv, |(c, _)| *c)
+            .ok()
+            .map(|i| self.groups[i].1)
+    }
+
+    pub fn set_group(&mut self, conv: ConversationId, pos: StreamPos) {
+        match self.groups.binary_search_by_key(&conv, |(c, _)| *c) {
+            Ok(i) => self.groups[i].1 = pos,
+            Err(i) => self.groups.insert(i, (conv, pos)),
+        }
+    }
+}
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:016x}", self.mailbox.0)?;
+        for (conv, pos) in &self.groups {
+            write!(f, ".{}{:016x}{:08x}", conv.0.simple(), pos.seq, pos.sub)?;
+        }
+        Ok(())
     }
 }
 
@@ -97,16 +150,39 @@ impl fmt::Display for Cursor {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadCursor;
 
+fn lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Most large groups one cursor carries; more is not a cursor we issued.
+const MAX_CURSOR_GROUPS: usize = 4096;
+
 impl FromStr for Cursor {
     type Err = BadCursor;
     fn from_str(s: &str) -> Result<Self, BadCursor> {
-        let hex = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !hex {
+        let mut parts = s.split('.');
+        let mailbox = parts.next().ok_or(BadCursor)?;
+        if mailbox.len() != 16 || !lower_hex(mailbox) {
             return Err(BadCursor);
         }
-        u64::from_str_radix(s, 16)
-            .map(Cursor)
-            .map_err(|_| BadCursor)
+        let mut cursor = Cursor::at(Position(
+            u64::from_str_radix(mailbox, 16).map_err(|_| BadCursor)?,
+        ));
+        for part in parts {
+            if part.len() != 56 || !lower_hex(part) || cursor.groups.len() >= MAX_CURSOR_GROUPS {
+                return Err(BadCursor);
+            }
+            let conv = Uuid::try_parse(&part[..32]).map_err(|_| BadCursor)?;
+            let seq = u64::from_str_radix(&part[32..48], 16).map_err(|_| BadCursor)?;
+            let sub = u32::from_str_radix(&part[48..], 16).map_err(|_| BadCursor)?;
+            let conv = ConversationId(conv);
+            // Issued sorted and without repeats.
+            if cursor.groups.last().is_some_and(|(last, _)| *last >= conv) {
+                return Err(BadCursor);
+            }
+            cursor.groups.push((conv, StreamPos { seq, sub }));
+        }
+        Ok(cursor)
     }
 }
 
@@ -191,15 +267,32 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_other_text() {
-        let c = Cursor(0x1234_abcd);
-        assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
+        let c = Cursor::at(Position(0x1234_abcd));
+        assert_eq!(c.to_string(), "000000001234abcd");
+        assert_eq!(c.to_string().parse::<Cursor>(), Ok(c.clone()));
+        let mut with_groups = c.clone();
+        let (g1, g2) = (
+            ConversationId(Uuid::from_u128(0xab)),
+            ConversationId(Uuid::from_u128(9)),
+        );
+        with_groups.set_group(g2, StreamPos { seq: 3, sub: 1 });
+        with_groups.set_group(g1, StreamPos { seq: 40, sub: 0 });
+        assert_eq!(with_groups.group(g1), Some(StreamPos { seq: 40, sub: 0 }));
+        let text = with_groups.to_string();
+        assert_eq!(text.len(), 16 + 2 * 57);
+        assert_eq!(text.parse::<Cursor>(), Ok(with_groups));
+        let g1_part = format!(".{}{:016x}{:08x}", g1.0.simple(), 40, 0);
         for bad in [
-            "",
-            "12",
-            "000000001234ABCD",
-            "zz00000000000000",
-            "-000000000000001",
-            "00000000000000001",
+            "".to_owned(),
+            "12".into(),
+            "000000001234ABCD".into(),
+            "zz00000000000000".into(),
+            "-000000000000001".into(),
+            "00000000000000001".into(),
+            "000000001234abcd.".into(),
+            format!("000000001234abcd{g1_part}{g1_part}"),
+            format!("000000001234abcd{}", &g1_part[..50]),
+            format!("000000001234abcd{}", g1_part.to_uppercase()),
         ] {
             assert_eq!(bad.parse::<Cursor>(), Err(BadCursor), "{bad:?}");
         }

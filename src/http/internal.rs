@@ -1,5 +1,7 @@
-//! `POST /internal/v1/appends`: events a peer's outbox delivers to
-//! mailboxes this node owns. Signed with the cluster's shared secret.
+//! Calls between nodes, signed with the cluster's shared secret:
+//! `POST /internal/v1/appends`, events a peer's outbox delivers to
+//! mailboxes this node owns, and `POST /internal/v1/wake`, a large group's
+//! stream moved on at its owner.
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -8,22 +10,43 @@ use super::Ctx;
 use super::error::ApiError;
 use super::request::read_body;
 use super::response::{Response, no_content};
+use crate::service::fanout::parse_wake;
 use crate::service::outbox::{SIGNATURE_HEADER, decode};
 
 /// A push holds at most one outbox round (512 entries of bounded events).
 const MAX_PUSH_BYTES: usize = 64 << 20;
 
-pub(super) async fn appends(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, ApiError> {
+/// A wake names one stream and a place in it.
+const MAX_WAKE_BYTES: usize = 64;
+
+/// The body of a signed call, once its signature checks.
+async fn signed_body(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let signature = req
         .headers()
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .ok_or(ApiError::BadSignature)?;
-    let body = read_body(req, MAX_PUSH_BYTES, ctx.limits.body_timeout).await?;
+    let body = read_body(req, max, ctx.limits.body_timeout).await?;
     if !ctx.service.cluster().verify(&body, &signature) {
         return Err(ApiError::BadSignature);
     }
+    Ok(body)
+}
+
+pub(super) async fn wake(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let body = signed_body(ctx, req, MAX_WAKE_BYTES).await?;
+    let (g, pos) = parse_wake(&body).ok_or_else(|| ApiError::field("malformed wake body"))?;
+    ctx.service.stream_woken(g, pos).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn appends(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let body = signed_body(ctx, req, MAX_PUSH_BYTES).await?;
     let entries = decode(&body).ok_or_else(|| ApiError::field("malformed push body"))?;
     ctx.service.take_appends(entries).await?;
     Ok(no_content())

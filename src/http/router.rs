@@ -32,6 +32,8 @@ enum Route<'a> {
     Cluster,
     /// Appends a peer pushes (between nodes only, signed).
     Appends,
+    /// A large group's stream moved on at its owner (between nodes, signed).
+    Wake,
 }
 
 impl<'a> Route<'a> {
@@ -51,6 +53,7 @@ impl<'a> Route<'a> {
             ["metrics"] => Route::Metrics,
             ["v1", "cluster"] => Route::Cluster,
             ["internal", "v1", "appends"] => Route::Appends,
+            ["internal", "v1", "wake"] => Route::Wake,
             ["demo"] => Route::Demo(""),
             ["demo", file] => Route::Demo(file),
             _ => return None,
@@ -74,6 +77,7 @@ impl<'a> Route<'a> {
             Route::Demo(_) => ("demo", "GET"),
             Route::Cluster => ("cluster", "GET"),
             Route::Appends => ("appends", "POST"),
+            Route::Wake => ("wake", "POST"),
         }
     }
 }
@@ -138,6 +142,7 @@ async fn dispatch(
         Route::Demo(file) => return demo::file(ctx.demo, file),
         Route::Cluster => return Ok(ops::cluster(ctx)),
         Route::Appends => return Box::pin(internal::appends(ctx, req)).await,
+        Route::Wake => return Box::pin(internal::wake(ctx, req)).await,
         _ => {}
     }
     if !ctx.service.cluster().available() {
@@ -189,7 +194,8 @@ async fn dispatch(
         | Route::Metrics
         | Route::Demo(_)
         | Route::Cluster
-        | Route::Appends => Err(ApiError::UnknownRoute),
+        | Route::Appends
+        | Route::Wake => Err(ApiError::UnknownRoute),
     }
 }
 

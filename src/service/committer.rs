@@ -19,9 +19,9 @@ use super::clock::Clock;
 use super::outbox::{Deliveries, Pending};
 use super::waiters::Waiters;
 use crate::cluster::Cluster;
-use crate::domain::{ConversationId, Cursor, MessageId, Seq, UserId};
+use crate::domain::{ConversationId, MessageId, Position, Seq, UserId};
 use crate::metrics::Metrics;
-use crate::store::{Mutation, Store, StoreError, Table, keys};
+use crate::store::{Fence, Mutation, Store, StoreError, Table, keys};
 
 /// One unit of work that must become durable as a whole.
 #[derive(Default)]
@@ -50,7 +50,7 @@ pub struct Commit {
 #[derive(Debug)]
 pub struct Committed {
     /// The position of each append this node made, in order.
-    pub positions: Vec<Cursor>,
+    pub positions: Vec<Position>,
     /// Fired when the copy for `await_delivery` reached its owner.
     pub delivered: Option<Arc<tokio::sync::Notify>>,
 }
@@ -340,6 +340,12 @@ impl Writer {
         // An empty batch (a barrier) only raises the watermark.
         let result = if writes.is_empty() {
             Ok(())
+        } else if self.cluster.is_multi_node() {
+            // Checked again as late as possible: the lease may have lapsed
+            // since `route` (scans, a stopped process).
+            let cluster = self.cluster.clone();
+            let fence: Fence = Arc::new(move || cluster.fresh());
+            self.store.write_fenced(writes, fence).await
         } else {
             self.store.write(writes).await
         };
@@ -412,7 +418,7 @@ impl Writer {
                 .stage_seconds
                 .with_label_values(&["durable"])
                 .observe((durable_at - request.accepted_at).as_secs_f64());
-            let positions = mine.into_iter().map(Cursor).collect();
+            let positions = mine.into_iter().map(Position).collect();
             let _ = request.reply.send(Ok(Committed {
                 positions,
                 delivered: delivered.map(|(_, notify)| notify),

@@ -13,10 +13,13 @@ use uuid::Uuid;
 
 use super::committer::Commit;
 use super::conversations::{ConversationMeta, Membership, UserConversation};
+use super::fanout::{Item, change_row, parse_reader_value, reader_value};
 use super::locks::KeyGuard;
 use super::send::Head;
 use super::{Error, Result, Service};
-use crate::domain::{ConversationId, Event, GroupChange, GroupEvent, GroupId, UserId, now_ms};
+use crate::domain::{
+    ConversationId, Event, GroupChange, GroupEvent, GroupId, Seq, StreamPos, UserId, now_ms,
+};
 use crate::store::{Mutation, Scan, Table, keys};
 
 /// Bytes of member lists the group cache keeps.
@@ -37,6 +40,41 @@ pub struct GroupInfo {
 pub struct GroupState {
     pub info: GroupInfo,
     pub members: Arc<Vec<UserId>>,
+    /// For a large group (fanned out on read): where its stream begins.
+    pub large_from: Option<StreamPos>,
+    /// The newest membership change placed in its stream (or where the
+    /// stream begins): the next change after the same message follows it.
+    pub last_change: StreamPos,
+}
+
+/// The row of `groups_by_id`: the group object and, for a large group,
+/// where its stream begins (kept out of the API's object).
+#[derive(Serialize, Deserialize)]
+struct StoredGroup {
+    #[serde(flatten)]
+    info: GroupInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    large_from: Option<(Seq, u32)>,
+}
+
+fn group_put(info: &GroupInfo, large_from: Option<StreamPos>) -> Result<Mutation> {
+    let stored = StoredGroup {
+        info: info.clone(),
+        large_from: large_from.map(|p| (p.seq, p.sub)),
+    };
+    Ok(Mutation::Put {
+        table: Table::Groups,
+        row: info.group_id.0.as_bytes().to_vec(),
+        value: Bytes::from(serde_json::to_vec(&stored)?),
+    })
+}
+
+fn reader_put(user: UserId, g: GroupId, after: StreamPos, until: Option<StreamPos>) -> Mutation {
+    Mutation::Put {
+        table: Table::GroupReaders,
+        row: keys::id_id(user.0, g.0),
+        value: reader_value(after, until),
+    }
 }
 
 impl GroupState {
@@ -92,6 +130,14 @@ pub struct ChangeMembers {
     pub remove: Vec<UserId>,
 }
 
+fn change_pos_of(row: &[u8]) -> Option<StreamPos> {
+    let rest = row.get(16..)?;
+    Some(StreamPos {
+        seq: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+        sub: u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?),
+    })
+}
+
 /// One member row: `joined_at` (ms) as 8 big-endian bytes.
 fn member_put(g: GroupId, user: UserId, at: i64) -> Mutation {
     Mutation::Put {
@@ -140,7 +186,18 @@ impl Service {
         let Some(info) = self.get(Table::Groups, g.0.as_bytes()).await? else {
             return Ok(None);
         };
-        let info: GroupInfo = serde_json::from_slice(&info)?;
+        let stored: StoredGroup = serde_json::from_slice(&info)?;
+        let info = stored.info;
+        let large_from = stored.large_from.map(|(seq, sub)| StreamPos { seq, sub });
+        let mut last_change = large_from.unwrap_or_default();
+        if large_from.is_some() {
+            let newest = self
+                .scan(Scan::prefix(Table::GroupChanges, g.0.as_bytes(), 1).rev())
+                .await?;
+            if let Some(pos) = newest.first().and_then(|(row, _)| change_pos_of(row)) {
+                last_change = last_change.max(pos);
+            }
+        }
         let rows = self
             .scan(Scan::prefix(Table::Members, g.0.as_bytes(), usize::MAX))
             .await?;
@@ -153,6 +210,8 @@ impl Service {
         Ok(Some(Arc::new(GroupState {
             info,
             members: Arc::new(members),
+            large_from,
+            last_change,
         })))
     }
 
@@ -199,11 +258,10 @@ impl Service {
         commit
             .writes
             .extend(ConversationMeta::Group { group_id: g }.rows(conv, now)?);
-        commit.writes.push(Mutation::Put {
-            table: Table::Groups,
-            row: g.0.as_bytes().to_vec(),
-            value: Bytes::from(serde_json::to_vec(&info)?),
-        });
+        // Large from birth: every message is read from the group's stream.
+        let large_from =
+            (members.len() >= self.inner.settings.large_group_threshold).then(StreamPos::default);
+        commit.writes.push(group_put(&info, large_from)?);
         let entry = UserConversation {
             peer_id: None,
             group_id: Some(g),
@@ -213,6 +271,9 @@ impl Service {
         for m in &members {
             commit.writes.push(member_put(g, *m, now));
             commit.writes.push(entry.put(*m, conv)?);
+            if let Some(from) = large_from {
+                commit.writes.push(reader_put(*m, g, from, None));
+            }
         }
         let event = group_event(g, GroupChange::Created, members.clone(), now)?;
         commit.appends = members.iter().map(|m| (*m, event.clone())).collect();
@@ -221,11 +282,16 @@ impl Service {
             self.inner.groups.groups.remove(&g);
             return Err(e.into());
         }
+        for m in &members {
+            self.inner.streams.forget_readings(m);
+        }
         self.inner.groups.groups.insert(
             g,
             Arc::new(GroupState {
                 info: info.clone(),
                 members: Arc::new(members),
+                large_from,
+                last_change: large_from.unwrap_or_default(),
             }),
         );
         Ok(info)
@@ -298,11 +364,29 @@ impl Service {
             ..group.info.clone()
         };
         let mut commit = Commit::default();
-        commit.writes.push(Mutation::Put {
-            table: Table::Groups,
-            row: g.0.as_bytes().to_vec(),
-            value: Bytes::from(serde_json::to_vec(&info)?),
-        });
+        // Places in the group's stream for the changes: after message
+        // `last_seq`, following any change already placed there.
+        let mut last_change = group.last_change;
+        let mut next_change = || {
+            last_change = if last_change.seq == last_seq {
+                StreamPos {
+                    seq: last_seq,
+                    sub: last_change.sub + 1,
+                }
+            } else {
+                StreamPos {
+                    seq: last_seq,
+                    sub: 1,
+                }
+            };
+            last_change
+        };
+        let left = (!removed.is_empty())
+            .then(|| group_event(g, GroupChange::Left, removed.clone(), now))
+            .transpose()?;
+        let joined = (!added.is_empty())
+            .then(|| group_event(g, GroupChange::Joined, added.clone(), now))
+            .transpose()?;
         for u in &removed {
             commit.writes.push(Mutation::Delete {
                 table: Table::Members,
@@ -326,31 +410,98 @@ impl Service {
             };
             commit.writes.push(entry.put(*u, conv)?);
         }
-        if !removed.is_empty() {
-            // The removed hear of it too; nothing after.
-            let event = group_event(g, GroupChange::Left, removed.clone(), now)?;
-            commit
-                .appends
-                .extend(before.iter().map(|m| (*m, event.clone())));
+        let mut large_from = group.large_from;
+        let mut stream_items = Vec::new();
+        if let Some(from) = large_from {
+            // Fan-out on read: each change is stored once, in the stream,
+            // which the removed read up to their removal. Those added get
+            // it in their mailbox instead: that tells their node to start
+            // reading the stream, after the change.
+            if let Some(event) = left {
+                let pos = next_change();
+                commit.writes.push(Mutation::Put {
+                    table: Table::GroupChanges,
+                    row: change_row(conv, pos),
+                    value: event.clone(),
+                });
+                for u in &removed {
+                    let after = self
+                        .get(Table::GroupReaders, &keys::id_id(u.0, g.0))
+                        .await?
+                        .and_then(|v| parse_reader_value(&v))
+                        .map_or(from, |(after, _)| after);
+                    commit.writes.push(reader_put(*u, g, after, Some(pos)));
+                }
+                stream_items.push(Item { pos, event });
+            }
+            if let Some(event) = joined {
+                let pos = next_change();
+                commit.writes.push(Mutation::Put {
+                    table: Table::GroupChanges,
+                    row: change_row(conv, pos),
+                    value: event.clone(),
+                });
+                for u in &added {
+                    commit.writes.push(reader_put(*u, g, pos, None));
+                    commit.appends.push((*u, event.clone()));
+                }
+                stream_items.push(Item { pos, event });
+            }
+        } else {
+            if let Some(event) = left {
+                // The removed hear of it too; nothing after.
+                commit
+                    .appends
+                    .extend(before.iter().map(|m| (*m, event.clone())));
+            }
+            if let Some(event) = joined {
+                commit
+                    .appends
+                    .extend(after.iter().map(|m| (*m, event.clone())));
+            }
+            if after.len() >= self.inner.settings.large_group_threshold {
+                // Large from here on: this change still reached every
+                // mailbox; what follows it is read from the stream.
+                let from = next_change();
+                large_from = Some(from);
+                for m in &after {
+                    commit.writes.push(reader_put(*m, g, from, None));
+                }
+                tracing::info!(group = %g, members = after.len(), "the group fans out on read from now on");
+            }
         }
-        if !added.is_empty() {
-            let event = group_event(g, GroupChange::Joined, added.clone(), now)?;
-            commit
-                .appends
-                .extend(after.iter().map(|m| (*m, event.clone())));
-        }
+        commit.writes.push(group_put(&info, large_from)?);
         if let Err(e) = self.inner.committer.commit(commit).await {
             // It may still land: read the group from the store next time.
             self.inner.groups.groups.remove(&g);
             return Err(e.into());
         }
+        let last_change = if large_from.is_some() {
+            last_change
+        } else {
+            group.last_change
+        };
         self.inner.groups.groups.insert(
             g,
             Arc::new(GroupState {
                 info: info.clone(),
-                members: Arc::new(after.into_iter().collect()),
+                members: Arc::new(after.iter().copied().collect()),
+                large_from,
+                last_change,
             }),
         );
+        for u in removed.iter().chain(&added) {
+            self.inner.streams.forget_readings(u);
+        }
+        if group.large_from.is_none() && large_from.is_some() {
+            for m in &after {
+                self.inner.streams.forget_readings(m);
+            }
+        }
+        for item in stream_items {
+            self.stream_moved(conv, item).await;
+        }
+        drop(lock);
         Ok(info)
     }
 

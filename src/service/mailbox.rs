@@ -5,32 +5,32 @@ use std::ops::Bound;
 
 use super::cache::StoredEvent;
 use super::{Error, Result, Service};
-use crate::domain::{Cursor, UserId};
+use crate::domain::{Position, UserId};
 use crate::store::{Scan, Table, keys};
 
 /// Events after a cursor, oldest first, and the cursor that follows them.
 #[derive(Debug)]
 pub struct Batch {
     pub events: Vec<StoredEvent>,
-    pub cursor: Cursor,
+    pub cursor: Position,
 }
 
 impl Service {
     /// The position of the newest event (0 for an empty mailbox).
-    pub(crate) async fn head(&self, user: UserId) -> Result<Cursor> {
+    pub(crate) async fn head(&self, user: UserId) -> Result<Position> {
         if let Some(tail) = self.inner.mailbox_cache.get(&user) {
-            return Ok(Cursor(tail.head()));
+            return Ok(Position(tail.head()));
         }
         self.stored_head(user).await
     }
 
     /// The newest complete position the store holds, which may be ahead of
     /// the cache.
-    async fn stored_head(&self, user: UserId) -> Result<Cursor> {
+    async fn stored_head(&self, user: UserId) -> Result<Position> {
         let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev();
         scan.end = Bound::Included(keys::id_u64(user.0, self.inner.watermark.get()));
         let newest = self.scan(scan).await?;
-        Ok(Cursor(
+        Ok(Position(
             newest
                 .first()
                 .and_then(|(row, _)| keys::trailing_u64(row))
@@ -43,7 +43,7 @@ impl Service {
     pub(crate) async fn read_after(
         &self,
         user: UserId,
-        cursor: Cursor,
+        cursor: Position,
         limit: usize,
     ) -> Result<Batch> {
         let metrics = &self.inner.metrics;
@@ -62,7 +62,7 @@ impl Service {
                 .take(limit)
                 .cloned()
                 .collect();
-            let next = events.last().map_or(cursor, |e| Cursor(e.position));
+            let next = events.last().map_or(cursor, |e| Position(e.position));
             return Ok(Batch {
                 events,
                 cursor: next,
@@ -96,7 +96,7 @@ impl Service {
                 durable_at: None,
             });
         }
-        let next = events.last().map_or(cursor, |e| Cursor(e.position));
+        let next = events.last().map_or(cursor, |e| Position(e.position));
         Ok(Batch {
             events,
             cursor: next,

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod clock;
 pub mod committer;
 pub mod conversations;
+pub mod fanout;
 pub mod groups;
 pub mod history;
 pub mod hold;
@@ -25,6 +26,8 @@ pub mod send;
 pub mod takeover;
 pub mod waiters;
 
+#[cfg(test)]
+mod fanout_tests;
 #[cfg(test)]
 mod ring_tests;
 #[cfg(test)]
@@ -131,6 +134,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Parked polls by user.
     mailbox_waiters: Arc<Waiters<UserId>>,
+    /// Parked polls by the large groups their users read.
+    stream_waiters: Arc<Waiters<ConversationId>>,
+    /// Large groups' streams and who reads them.
+    streams: fanout::Streams,
     /// Sends waiting for the `prev_message_id` they name.
     arrivals: Arc<Waiters<(UserId, MessageId)>>,
     /// The sequencer: one lock per conversation, holding its head.
@@ -156,6 +163,8 @@ struct Inner {
 pub struct Settings {
     pub prev_wait: Duration,
     pub max_group_members: usize,
+    /// Groups of at least this many members fan out on read.
+    pub large_group_threshold: usize,
     /// How long a new owner waits for the previous, still running owner's
     /// last commits before reusing seqs it took (its call timeout, and a
     /// second).
@@ -167,6 +176,7 @@ impl Settings {
         Settings {
             prev_wait: config.send.prev_wait,
             max_group_members: config.limits.max_group_members,
+            large_group_threshold: config.send.large_group_threshold,
             straggler_wait: config.storage.hbase.call_timeout + Duration::from_secs(1),
         }
     }
@@ -195,6 +205,10 @@ impl Service {
                 committer: parts.committer,
                 metrics: parts.metrics,
                 mailbox_waiters: parts.mailbox_waiters,
+                // One registration per large group per parked poll; the
+                // per-user and per-node limits apply to the polls already.
+                stream_waiters: Waiters::new(usize::MAX / 4, usize::MAX / 4),
+                streams: fanout::Streams::default(),
                 arrivals: parts.arrivals,
                 sequencer: KeyedLocks::new(),
                 claims: KeyedLocks::new(),
@@ -239,6 +253,7 @@ impl Service {
     /// those whose user moved away do.
     pub fn wake_all(&self) {
         self.inner.mailbox_waiters.wake_all();
+        self.inner.stream_waiters.wake_all();
     }
 }
 

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::fanout::is_group_event;
 use super::waiters::Refused;
 use super::{Error, Result, Service};
 use crate::domain::{Cursor, UserId};
 use crate::metrics::Metrics;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PollRequest {
     pub cursor: Option<Cursor>,
     /// Already clamped to the configured maximum.
@@ -68,19 +69,19 @@ impl Service {
         let Some(cursor) = req.cursor else {
             return Ok(PollAnswer {
                 events: Vec::new(),
-                cursor: self.head(user).await?,
+                cursor: self.stream_head(user).await?,
                 timed_out: false,
             });
         };
-        let batch = self.read_after(user, cursor, req.limit).await?;
         let shutdown = &self.inner.shutdown;
-        if !batch.events.is_empty() {
-            return Ok(self.answer(batch, false));
+        let first = self.gather(user, &cursor, req.limit).await?;
+        if !first.events.is_empty() {
+            return Ok(self.answer(first, false));
         }
         if req.timeout.is_zero() || shutdown.is_cancelled() {
             return Ok(PollAnswer {
                 events: Vec::new(),
-                cursor,
+                cursor: first.cursor,
                 timed_out: true,
             });
         }
@@ -99,16 +100,50 @@ impl Service {
         })?;
         let parked = Parked::new(&self.inner.metrics);
         let deadline = tokio::time::Instant::now() + req.timeout;
+        let mut cursor = first.cursor;
         loop {
+            // Registered before reading, so a wake between the read and
+            // the wait is not lost: on the mailbox, and on every large
+            // group the user reads.
+            let readings = self.readings(user).await?;
+            let streams: Vec<_> = readings
+                .iter()
+                .filter(|r| r.until.is_none())
+                .filter_map(|r| self.inner.stream_waiters.register(r.group).ok())
+                .collect();
             let mut woken = pin!(registration.notified());
             woken.as_mut().enable();
-            let batch = self.read_after(user, cursor, req.limit).await?;
+            let mut stream_woken: Vec<_> = streams.iter().map(|r| Box::pin(r.notified())).collect();
+            for w in &mut stream_woken {
+                w.as_mut().enable();
+            }
+            let batch = self.gather(user, &cursor, req.limit).await?;
             if !batch.events.is_empty() {
                 parked.answer();
                 return Ok(self.answer(batch, true));
             }
+            cursor = batch.cursor;
+            let any_stream = std::future::poll_fn(|cx| {
+                for w in &mut stream_woken {
+                    if w.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            // Another node's tail is looked at again after STALE even
+            // without a wake (a wake can be lost).
+            let recheck = (!streams.is_empty()).then_some(super::fanout::STALE);
+            let recheck = async move {
+                match recheck {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = woken => {}
+                _ = any_stream => {}
+                _ = recheck => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break,
             }
@@ -127,7 +162,77 @@ impl Service {
         })
     }
 
-    fn answer(&self, batch: super::mailbox::Batch, was_parked: bool) -> PollAnswer {
+    /// The cursor of a new device: the mailbox's head, and the head of
+    /// every large group's stream the user reads.
+    async fn stream_head(&self, user: UserId) -> Result<Cursor> {
+        let mut cursor = Cursor::at(self.head(user).await?);
+        for r in self.readings(user).await?.iter() {
+            if r.until.is_some() {
+                continue;
+            }
+            let tail = self.stream_tail(r.group, None).await?;
+            cursor.set_group(r.group, tail.head.max(r.after));
+        }
+        Ok(cursor)
+    }
+
+    /// Up to `limit` events after `cursor`: the mailbox's first, then those
+    /// of the user's large groups.
+    async fn gather(&self, user: UserId, cursor: &Cursor, limit: usize) -> Result<Gathered> {
+        let batch = self.read_after(user, cursor.mailbox, limit).await?;
+        if batch.events.iter().any(|e| is_group_event(&e.json)) {
+            // It may have joined or left a large group.
+            self.inner.streams.forget_readings(&user);
+        }
+        let mut next = Cursor::at(batch.cursor);
+        let mut events: Vec<Delivered> = batch
+            .events
+            .into_iter()
+            .map(|e| Delivered {
+                json: e.json,
+                durable_at: e.durable_at,
+            })
+            .collect();
+        for r in self.readings(user).await?.iter() {
+            let given = cursor.group(r.group);
+            let after = given.map_or(r.after, |p| p.max(r.after));
+            if r.until.is_some_and(|until| after >= until) {
+                // Left, and caught up to where it left: nothing more.
+                continue;
+            }
+            if events.len() >= limit {
+                next.set_group(r.group, after);
+                continue;
+            }
+            let (items, tail) = self
+                .stream_after(r.group, after, limit - events.len())
+                .await?;
+            if given.is_some_and(|p| p > tail.head) {
+                // Ahead of the stream here: maybe only of this node's copy.
+                let tail = self.stream_tail(r.group, given).await?;
+                if given.is_some_and(|p| p > tail.head) {
+                    return Err(Error::InvalidCursor);
+                }
+            }
+            let mut reached = after;
+            for item in items {
+                reached = item.pos;
+                if r.receives(item.pos, &tail, user) {
+                    events.push(Delivered {
+                        json: item.event,
+                        durable_at: None,
+                    });
+                }
+            }
+            next.set_group(r.group, reached);
+        }
+        Ok(Gathered {
+            events,
+            cursor: next,
+        })
+    }
+
+    fn answer(&self, batch: Gathered, was_parked: bool) -> PollAnswer {
         let metrics = &self.inner.metrics;
         metrics.events_delivered.inc_by(batch.events.len() as u64);
         let now = Instant::now();
@@ -149,4 +254,15 @@ impl Service {
             timed_out: false,
         }
     }
+}
+
+/// What one read of a user's mailbox and streams found.
+struct Gathered {
+    events: Vec<Delivered>,
+    cursor: Cursor,
+}
+
+struct Delivered {
+    json: Bytes,
+    durable_at: Option<Instant>,
 }

@@ -174,14 +174,23 @@ impl Service {
         let mut head = self.inner.sequencer.lock(conv).await;
         self.still_owner(conv)?;
         self.load_head(conv, &mut head).await?;
-        let recipients = match req.to {
-            Destination::User(to) => vec![to],
-            // Again under the lock: membership changes take it too, so the
-            // fan-out matches the membership at this seq exactly.
-            Destination::Group(g) => {
-                let members = self.group_members(g, sender).await?;
-                members.iter().copied().filter(|m| *m != sender).collect()
-            }
+        // Again under the lock: membership changes take it too, so the
+        // fan-out matches the membership at this seq exactly.
+        let group = match req.to {
+            Destination::User(_) => None,
+            Destination::Group(g) => Some(self.group_members(g, sender).await?),
+        };
+        // A large group's members read it from its stream: no copies.
+        let fan_out_on_read = group.as_ref().is_some_and(|g| g.large_from.is_some());
+        let recipients = match (req.to, &group) {
+            (Destination::User(to), _) => vec![to],
+            (_, Some(group)) if !fan_out_on_read => group
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != sender)
+                .collect(),
+            _ => Vec::new(),
         };
 
         let seq = self.next_seq(conv, &mut head).await?;
@@ -231,7 +240,7 @@ impl Service {
         // later through the outbox would land after messages others sent
         // next, out of seq order) and through the outbox otherwise, in the
         // same order as every other event of this conversation.
-        if !recipients.contains(&sender) {
+        if !recipients.contains(&sender) && !fan_out_on_read {
             commit.appends.push((sender, event.clone()));
         }
         if let (Destination::User(to), 1) = (req.to, message.seq) {
@@ -253,6 +262,16 @@ impl Service {
         };
         head.seq = message.seq;
         head.last = Some(message.message_id);
+        if fan_out_on_read {
+            let item = super::fanout::Item {
+                pos: crate::domain::StreamPos {
+                    seq: message.seq,
+                    sub: 0,
+                },
+                event: event.clone(),
+            };
+            self.stream_moved(conv, item).await;
+        }
         drop(head);
         if let Some(delivered) = committed.delivered {
             let wait = self.inner.cluster.settings.remote_wait;
@@ -446,11 +465,15 @@ impl Service {
         Ok(())
     }
 
-    /// The members of group `g`, if `user` is one of them.
-    async fn group_members(&self, g: GroupId, user: UserId) -> Result<std::sync::Arc<Vec<UserId>>> {
+    /// Group `g`, if `user` is one of its members.
+    async fn group_members(
+        &self,
+        g: GroupId,
+        user: UserId,
+    ) -> Result<std::sync::Arc<super::groups::GroupState>> {
         let group = self.group_state(g).await?.ok_or(Error::NotFound("group"))?;
         match group.membership(user) {
-            Membership::Member => Ok(group.members.clone()),
+            Membership::Member => Ok(group),
             _ => Err(Error::Forbidden("you are not a member of this group")),
         }
     }

@@ -92,6 +92,7 @@ impl Service {
         self.inner.mailbox_cache.clear();
         self.inner.history_cache.clear();
         self.inner.groups.clear();
+        self.inner.streams.clear();
     }
 }
 

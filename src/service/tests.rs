@@ -124,10 +124,13 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Read { user, limit } => {
                 let d = &mut devices[user];
-                let answer = read(users[user], d.cursor, limit).await.unwrap();
+                let answer = read(users[user], d.cursor.clone(), limit).await.unwrap();
                 assert!(answer.events.len() <= limit);
-                assert!(answer.cursor >= d.cursor, "cursors never move back");
-                d.history.push((d.cursor, d.seen.len()));
+                assert!(
+                    answer.cursor.mailbox >= d.cursor.mailbox,
+                    "cursors never move back"
+                );
+                d.history.push((d.cursor.clone(), d.seen.len()));
                 d.seen
                     .extend(received(&answer.events, users[user], &notes_to_self));
                 d.cursor = answer.cursor;
@@ -138,13 +141,13 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Replay { user, back } => {
                 let d = &devices[user];
-                let Some(&(cursor, seen_then)) = d.history.iter().rev().nth(back) else {
+                let Some((cursor, seen_then)) = d.history.iter().rev().nth(back).cloned() else {
                     continue;
                 };
                 let mut again = Vec::new();
                 let mut c = cursor;
                 loop {
-                    let answer = read(users[user], c, 1000).await.unwrap();
+                    let answer = read(users[user], c.clone(), 1000).await.unwrap();
                     if answer.events.is_empty() {
                         break;
                     }
@@ -162,7 +165,7 @@ async fn run(ops: Vec<Op>) {
 
     for (user, d) in devices.iter_mut().enumerate() {
         loop {
-            let answer = read(users[user], d.cursor, 1000).await.unwrap();
+            let answer = read(users[user], d.cursor.clone(), 1000).await.unwrap();
             if answer.events.is_empty() {
                 break;
             }

@@ -37,6 +37,7 @@ macro_rules! store_contract_tests {
             concurrent_check_and_put_has_one_winner,
             check_and_put_treats_an_empty_cell_as_absent,
             put_right_after_delete_lands,
+            a_refused_fenced_write_never_lands,
         );
     };
     (@each $make:expr; $attrs:tt; $($property:ident),* $(,)?) => {
@@ -113,6 +114,27 @@ pub(crate) async fn overwrite_replaces_cell<S: Store>(store: S) {
         rows.expect("scan"),
         vec![(b"row".to_vec(), Bytes::from_static(b"second"))]
     );
+}
+
+pub(crate) async fn a_refused_fenced_write_never_lands<S: Store>(store: S) {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fence: super::Fence = {
+        let open = open.clone();
+        Arc::new(move || open.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let refused = store
+        .write_fenced(vec![put(Table::Messages, b"late", b"x")], fence.clone())
+        .await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+    // Later calls, fenced or not, do not bring it back.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    store
+        .write_fenced(vec![put(Table::Messages, b"next", b"y")], fence)
+        .await
+        .expect("an open fence writes");
+    write(&store, vec![put(Table::Receipts, b"other", b"z")]).await;
+    assert_eq!(get(&store, Table::Messages, b"late").await, None);
+    assert_eq!(get(&store, Table::Messages, b"next").await, cell(b"y"));
 }
 
 pub(crate) async fn delete_removes_row<S: Store>(store: S) {

@@ -46,10 +46,16 @@ pub enum Table {
     NodeState,
     /// `name`: counters updated by atomic increment.
     Counters,
+    /// `user(16) || group(16)`: the large groups a user reads, and from
+    /// (and, once it left, until) where in each group's stream.
+    GroupReaders,
+    /// `group(16) || seq(8) || sub(4)`: a large group's membership changes,
+    /// each placed in its stream after message `seq`.
+    GroupChanges,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Messages,
         Table::Mailboxes,
         Table::Idempotency,
@@ -61,6 +67,8 @@ impl Table {
         Table::Outbox,
         Table::NodeState,
         Table::Counters,
+        Table::GroupReaders,
+        Table::GroupChanges,
     ];
 
     /// The table's name, before any deployment prefix.
@@ -77,6 +85,8 @@ impl Table {
             Table::Outbox => "outbox_by_node_id",
             Table::NodeState => "node_state",
             Table::Counters => "counters",
+            Table::GroupReaders => "large_groups_by_user",
+            Table::GroupChanges => "changes_by_group_pos",
         }
     }
 }
@@ -133,6 +143,9 @@ impl Scan {
 /// A row's key and its cell.
 pub type Row = (Vec<u8>, Bytes);
 
+/// Asked right before a write is sent: whether this node may still write.
+pub type Fence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What the caller can do about a failed store operation.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -162,6 +175,20 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every mutation; durable on return. One call is one disk
     /// sync (or one round trip), so callers batch.
     async fn write(&self, batch: Vec<Mutation>) -> Result<(), StoreError>;
+
+    /// `write`, unless `fence` refuses as late as the engine can ask, just
+    /// before anything is sent. A refused write fails and never lands.
+    /// On a ring, a node whose lease lapsed while a write waited (for a
+    /// connection, for the write before it, or because the process was
+    /// stopped) must not write after the node taking over has looked.
+    async fn write_fenced(&self, batch: Vec<Mutation>, fence: Fence) -> Result<(), StoreError> {
+        if !fence() {
+            return Err(StoreError::Unavailable(
+                "this node may no longer write (its lease lapsed)".into(),
+            ));
+        }
+        self.write(batch).await
+    }
 
     /// Puts `value` only if the row's cell equals `expected` (`None`: the
     /// row is absent). Returns whether it was put. Durable on `Ok(true)`.

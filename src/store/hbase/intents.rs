@@ -19,13 +19,14 @@
 //! that one alone (replaying an older, finished one could undo a later
 //! check-and-put).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
 use super::{BatchMutation, HbaseStore, THbaseSyncClient, delete, put};
-use crate::store::{Mutation, Row, StoreError, Table};
+use crate::store::{Fence, Mutation, Row, StoreError, Table};
 
 /// The log's table name, after the deployment prefix.
 pub(super) const TABLE: &str = "intents_by_node_seq";
@@ -61,6 +62,8 @@ struct Pending {
     /// Whether its log row is known to be stored. Rows are applied only
     /// once it is, so a crash never leaves a torn batch without its log.
     logged: bool,
+    /// Asked right before the log row is sent; a refusal drops the batch.
+    fence: Option<Fence>,
 }
 
 impl Intents {
@@ -151,10 +154,11 @@ impl Intents {
         &self,
         store: &HbaseStore,
         batch: Vec<Mutation>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         self.finish(store, &mut state).await?;
-        let result = self.write_new(store, &mut state, batch).await;
+        let result = self.write_new(store, &mut state, batch, fence).await;
         if result.is_err() {
             // Whatever part of it landed, the rest lands before anything else.
             self.unsettled.store(true, Ordering::Release);
@@ -167,6 +171,7 @@ impl Intents {
         store: &HbaseStore,
         state: &mut State,
         batch: Vec<Mutation>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let id = state.next_id;
         state.next_id += 1;
@@ -175,6 +180,7 @@ impl Intents {
             id,
             batch,
             logged: false,
+            fence,
         });
         self.finish(store, state).await
     }
@@ -186,6 +192,8 @@ impl Intents {
         id: u64,
         batch: &[Mutation],
         finished: &[u64],
+        fence: Option<Fence>,
+        refused: &Arc<AtomicBool>,
     ) -> Result<(), StoreError> {
         let mut rows = vec![BatchMutation {
             row: Some(self.row(id)),
@@ -196,8 +204,16 @@ impl Intents {
             mutations: Some(vec![delete()]),
         }));
         let name = self.table.clone();
+        let refused = refused.clone();
         store
             .call("mutateRows", true, move |c| {
+                // As late as it can be asked: on the thread about to send.
+                if fence.as_ref().is_some_and(|f| !f()) {
+                    refused.store(true, Ordering::Release);
+                    return Err(thrift::Error::User(Box::new(std::io::Error::other(
+                        "this node may no longer write (its lease lapsed)",
+                    ))));
+                }
                 c.mutate_rows(name.clone(), rows.clone(), Default::default())
             })
             .await
@@ -231,9 +247,24 @@ impl Intents {
         };
         let mut result = Ok(());
         if !pending.logged {
+            let refused = Arc::new(AtomicBool::new(false));
             result = self
-                .log(store, pending.id, &pending.batch, &state.finished)
+                .log(
+                    store,
+                    pending.id,
+                    &pending.batch,
+                    &state.finished,
+                    pending.fence.clone(),
+                    &refused,
+                )
                 .await;
+            if refused.load(Ordering::Acquire) {
+                // Nothing of it was sent: dropped, so it cannot land after
+                // the node that takes over has looked for it.
+                state.pending = None;
+                self.unsettled.store(false, Ordering::Release);
+                return result;
+            }
             if result.is_ok() {
                 pending.logged = true;
                 state.finished.clear();

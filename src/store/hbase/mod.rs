@@ -34,7 +34,7 @@ use self::wire::{
     AlreadyExists, BatchMutation, ColumnDescriptor, IOError, IllegalArgument, THbaseSyncClient,
     TScan,
 };
-use super::{FAMILY, Mutation, Row, Scan, Store, StoreError, Table};
+use super::{FAMILY, Fence, Mutation, Row, Scan, Store, StoreError, Table};
 use crate::config::HbaseConfig;
 
 /// The column every cell lives in: family `d`, empty qualifier.
@@ -132,6 +132,26 @@ impl HbaseStore {
     }
 
     /// Runs one Thrift call (or a few, for a scan) on a pooled connection.
+    async fn write_maybe_fenced(
+        &self,
+        batch: Vec<Mutation>,
+        fence: Option<Fence>,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let deletes = batch.iter().any(|m| matches!(m, Mutation::Delete { .. }));
+        self.inner.intents.write(self, batch, fence).await?;
+        if deletes {
+            // HBase stamps cells with the region server's clock in
+            // milliseconds, and a delete hides every put with the same or an
+            // older stamp: a put of the same row in the same millisecond
+            // would vanish. Let the clock move on before anyone writes again.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
     async fn call<T, F>(&self, method: &'static str, retry: bool, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -302,19 +322,11 @@ impl Store for HbaseStore {
     }
 
     async fn write(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let deletes = batch.iter().any(|m| matches!(m, Mutation::Delete { .. }));
-        self.inner.intents.write(self, batch).await?;
-        if deletes {
-            // HBase stamps cells with the region server's clock in
-            // milliseconds, and a delete hides every put with the same or an
-            // older stamp: a put of the same row in the same millisecond
-            // would vanish. Let the clock move on before anyone writes again.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
+        self.write_maybe_fenced(batch, None).await
+    }
+
+    async fn write_fenced(&self, batch: Vec<Mutation>, fence: Fence) -> Result<(), StoreError> {
+        self.write_maybe_fenced(batch, Some(fence)).await
     }
 
     async fn check_and_put(
