@@ -228,6 +228,11 @@ pub struct FanoutArgs {
     /// Long-polling devices per member.
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
+    /// Members that poll (the first ones; default: all). A group may have
+    /// more members than one node holds connections: the others are
+    /// members all the same, and the server must not copy to them.
+    #[arg(long)]
+    pub polling: Option<usize>,
     /// Sends per second into the group, open loop.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
@@ -303,7 +308,7 @@ impl Scenario {
         match self {
             Scenario::Chat(a) => a.users * a.devices + send_conns,
             Scenario::Groups(a) => a.groups * a.size * a.devices + send_conns,
-            Scenario::Fanout(a) => a.members * a.devices + send_conns,
+            Scenario::Fanout(a) => a.polling.unwrap_or(a.members).min(a.members) * a.devices + send_conns,
             Scenario::Idle(a) => a.polls,
             Scenario::Ramp(a) => a.users * a.devices + send_conns,
         }

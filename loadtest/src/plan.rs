@@ -34,6 +34,9 @@ pub struct Plan {
     pub devices: Vec<Device>,
     /// Devices per user.
     pub per_user: usize,
+    /// Users with devices: the first this many (all, but in a `fanout`
+    /// with `--polling`).
+    pub polling: usize,
 }
 
 /// How tokens are made.
@@ -106,6 +109,7 @@ impl Plan {
             .collect();
         Plan {
             devices: devices(&users, per_user),
+            polling: users.len(),
             users,
             convs,
             per_user,
@@ -128,6 +132,7 @@ impl Plan {
             .collect();
         Plan {
             devices: devices(&users, per_user),
+            polling: users.len(),
             users,
             convs,
             per_user,
@@ -136,9 +141,13 @@ impl Plan {
 
     /// One group of `members` users whose devices follow the group's
     /// channel (on Nchan) or their mailboxes (on Carrier).
-    pub fn fanout(tokens: &Tokens, members: usize, per_user: usize) -> Plan {
+    /// Only the first `polling` members poll (a node holds fewer
+    /// connections than a large group has members).
+    pub fn fanout(tokens: &Tokens, members: usize, per_user: usize, polling: usize) -> Plan {
         let mut plan = Plan::groups(tokens, members, members.max(2), per_user);
         plan.convs.truncate(1);
+        plan.polling = polling.min(plan.users.len());
+        plan.devices.retain(|d| d.user < polling);
         let group = plan.convs[0].id;
         for d in &mut plan.devices {
             d.channel = group;
@@ -149,7 +158,8 @@ impl Plan {
     /// Devices that must receive a message of `conv` (every member's,
     /// the sender's own devices included: they get a copy).
     pub fn expected(&self, conv: &Conv) -> u32 {
-        (conv.members.len() * self.per_user) as u32
+        let polling = conv.members.iter().filter(|&&m| m < self.polling).count();
+        (polling * self.per_user) as u32
     }
 
     /// Where a message from `sender` in `conv` goes.

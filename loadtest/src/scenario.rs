@@ -52,7 +52,15 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
             Plan::groups(tokens, scale(a.groups * a.size), a.size, a.devices),
             a.rate * share,
         ),
-        Scenario::Fanout(a) => (Plan::fanout(tokens, a.members, a.devices), a.rate),
+        Scenario::Fanout(a) => (
+            Plan::fanout(
+                tokens,
+                a.members,
+                a.devices,
+                a.polling.unwrap_or(a.members),
+            ),
+            a.rate,
+        ),
         Scenario::Idle(_) => anyhow::bail!("idle is not a sending scenario"),
     };
     let engine = Engine::new(
