@@ -44,6 +44,7 @@
 #                            running: no HBase is started (the per-run table
 #                            prefix keeps runs apart)
 #   CLUSTER_TEMPLATES        folder holding n1.toml n2.toml n3.toml
+#   CLUSTER_LARGE_GROUP_THRESHOLD  if set, [send] large_group_threshold of every node
 #                            (default: this script's folder)
 #   CLUSTER_READY_TIMEOUT    seconds to wait for a node's /readyz (60)
 #   CLUSTER_STOP_TIMEOUT     seconds between TERM and KILL for a node (15)
@@ -192,6 +193,10 @@ cluster_write_configs() {
             -e "s|^thrift = .*|thrift = \"$CLUSTER_THRIFT\"|" \
             -e "s|^table_prefix = .*|table_prefix = \"$CLUSTER_PREFIX\"|" \
             "$src" >"$dst" || return 1
+        if [ -n "${CLUSTER_LARGE_GROUP_THRESHOLD:-}" ]; then
+            grep -q '^\[send\]' "$dst" && { _cluster_say "$src has a [send] table already"; return 1; }
+            printf '\n[send]\nlarge_group_threshold = %s\n' "$CLUSTER_LARGE_GROUP_THRESHOLD" >>"$dst" || return 1
+        fi
         grep -q "^listen = \"127.0.0.1:$port\"" "$dst" \
             || { _cluster_say "$src does not listen on 127.0.0.1:808$i"; return 1; }
         mkdir -p "$CLUSTER_DIR/data-$n" || return 1

@@ -308,7 +308,9 @@ impl Scenario {
         match self {
             Scenario::Chat(a) => a.users * a.devices + send_conns,
             Scenario::Groups(a) => a.groups * a.size * a.devices + send_conns,
-            Scenario::Fanout(a) => a.polling.unwrap_or(a.members).min(a.members) * a.devices + send_conns,
+            Scenario::Fanout(a) => {
+                a.polling.unwrap_or(a.members).min(a.members) * a.devices + send_conns
+            }
             Scenario::Idle(a) => a.polls,
             Scenario::Ramp(a) => a.users * a.devices + send_conns,
         }

@@ -53,12 +53,7 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
             a.rate * share,
         ),
         Scenario::Fanout(a) => (
-            Plan::fanout(
-                tokens,
-                a.members,
-                a.devices,
-                a.polling.unwrap_or(a.members),
-            ),
+            Plan::fanout(tokens, a.members, a.devices, a.polling.unwrap_or(a.members)),
             a.rate,
         ),
         Scenario::Idle(_) => anyhow::bail!("idle is not a sending scenario"),

@@ -348,3 +348,46 @@ async fn a_cursor_ahead_of_a_groups_stream_is_refused() {
     assert!(matches!(answer, Err(Error::InvalidCursor)), "{answer:?}");
     w.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_never_comes_before_the_large_group_message_it_covers() {
+    let w = world(3).await;
+    let u = users(3);
+    let g = w.group(u[0], &u[1..]).await;
+    let sender_start = w.head(u[0]).await;
+    w.send(u[0], Destination::Group(g)).await;
+    w.send(u[0], Destination::Group(g)).await;
+    w.node
+        .service
+        .receipt(
+            u[1],
+            ConversationId::from(g),
+            2,
+            crate::domain::ReceiptKind::Read,
+        )
+        .await
+        .unwrap();
+    // One event per answer: the receipt waits in the mailbox until the
+    // stream has given this device both messages. (Receipts reach the
+    // mailbox through the outbox, a moment later.)
+    let mut cursor = sender_start;
+    let mut got = Vec::new();
+    for _ in 0..500 {
+        if got.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let req = PollRequest {
+            cursor: Some(cursor.clone()),
+            timeout: Duration::ZERO,
+            limit: 1,
+        };
+        let answer = w.node.service.poll(u[0], req).await.unwrap();
+        for e in &answer.events {
+            got.push(serde_json::from_slice::<Value>(e).unwrap());
+        }
+        cursor = answer.cursor;
+    }
+    assert_eq!(story(&got), ["m1", "m2", "receipt"]);
+    w.node.shutdown().await;
+}

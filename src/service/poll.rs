@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::fanout::is_group_event;
 use super::waiters::Refused;
 use super::{Error, Result, Service};
-use crate::domain::{Cursor, UserId};
+use crate::domain::{ConversationId, Cursor, Event, Position, Seq, UserId};
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
@@ -184,16 +184,37 @@ impl Service {
             // It may have joined or left a large group.
             self.inner.streams.forget_readings(&user);
         }
-        let mut next = Cursor::at(batch.cursor);
-        let mut events: Vec<Delivered> = batch
-            .events
+        let readings = self.readings(user).await?;
+        let mut mailbox = batch.events;
+        let mut reached = batch.cursor;
+        if !readings.is_empty() {
+            // A receipt for a large group's message waits until this
+            // device has the message from the stream (an earlier answer):
+            // the mailbox and the stream are two sources, read in turn.
+            let early = mailbox.iter().position(|e| {
+                receipt_of(&e.json).is_some_and(|(conv, up_to)| {
+                    readings.iter().any(|r| {
+                        r.group == conv
+                            && cursor.group(conv).map_or(r.after, |p| p.max(r.after)).seq < up_to
+                    })
+                })
+            });
+            if let Some(i) = early {
+                mailbox.truncate(i);
+                reached = mailbox
+                    .last()
+                    .map_or(cursor.mailbox, |e| Position(e.position));
+            }
+        }
+        let mut next = Cursor::at(reached);
+        let mut events: Vec<Delivered> = mailbox
             .into_iter()
             .map(|e| Delivered {
                 json: e.json,
                 durable_at: e.durable_at,
             })
             .collect();
-        for r in self.readings(user).await?.iter() {
+        for r in readings.iter() {
             let given = cursor.group(r.group);
             let after = given.map_or(r.after, |p| p.max(r.after));
             if r.until.is_some_and(|until| after >= until) {
@@ -253,6 +274,18 @@ impl Service {
             cursor: batch.cursor,
             timed_out: false,
         }
+    }
+}
+
+/// The conversation and `up_to_seq` of a receipt event.
+fn receipt_of(event: &[u8]) -> Option<(ConversationId, Seq)> {
+    if !event.starts_with(br#"{"type":"receipt""#) {
+        return None;
+    }
+    let parsed: Event = serde_json::from_slice(event).ok()?;
+    match parsed {
+        Event::Receipt { receipt } => Some((receipt.conversation_id, receipt.up_to_seq)),
+        _ => None,
     }
 }
 

@@ -8,6 +8,10 @@
 #   2. partition: one node is SIGSTOPped for about 5 s while sends go on
 #      (its peers see it stop answering, then it comes back believing
 #      nothing happened), then SIGCONT.
+#   3. groups: the `groups` scenario with groups above the nodes'
+#      large-group threshold (lowered for the test: they fan out on read,
+#      members on every node reading each group's stream), one node killed
+#      with kill -9 mid-run and restarted.
 #
 # The load tester's exit status is each phase's verdict: 0 when every acked
 # message reached every device, in seq order, uncorrupted (it exits 1 on
@@ -31,7 +35,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-phases=${CLUSTER_PHASES:-kill partition}
+phases=${CLUSTER_PHASES:-kill partition groups}
+# Groups of this many members or more fan out on read (config/cluster/start.sh
+# adds it to each node's config).
+export CLUSTER_LARGE_GROUP_THRESHOLD=${CLUSTER_LARGE_GROUP_THRESHOLD:-10}
 users=${CLUSTER_USERS:-200}
 rate=${CLUSTER_RATE:-100}
 
@@ -129,16 +136,19 @@ accepted() {
 # Starts the tester in the background for one phase (outputs in $results).
 start_tester() {
     local name=$1 seconds=$2 request_timeout=$3
+    shift 3
+    local -a scenario=("$@")
+    [ ${#scenario[@]} -gt 0 ] || scenario=(chat --users "$users" --rate "$rate")
     # Setup, sending, drain and the history check, with room to spare.
     local bound=$((seconds + 120))
-    say "$name: chat, $users users, $rate sends/s for $seconds s against $targets"
+    say "$name: ${scenario[*]} for $seconds s against $targets"
     # setpriv: the tester (and timeout) die with this script, even a SIGKILLed one.
     setpriv --pdeathsig TERM -- timeout -k 10 "$bound" "$tester" \
         --target "$targets" --config "${CLUSTER_CONF[n1]}" \
         --seconds "$seconds" --drain 30 --request-timeout "$request_timeout" \
         --max-seconds $((bound - 10)) --quiet \
         --json "$results/$name.json" --report "$results/$name.html" \
-        chat --users "$users" --rate "$rate" \
+        "${scenario[@]}" \
         >"$results/$name.out" 2>"$results/$name.err" &
     tester_pid=$!
     tester_started=$(date +%s.%N)
@@ -241,8 +251,22 @@ for phase in $phases; do
         cluster_resume n3
         finish_phase partition
         ;;
+    groups)
+        # Large groups, fanned out on read: a send is stored once and every
+        # member's node reads the group's stream (woken by the group's
+        # owner). The group owner's death must lose and reorder nothing.
+        start_tester groups 30 10 groups --groups 4 --size 25 --rate 20
+        wait_mid_run 6
+        say "groups: kill -9 n1 (pid ${CLUSTER_PID[n1]}) at t=$(since_start) s after the tester started"
+        cluster_kill n1
+        sleep 4
+        say "groups: restarting n1 at t=$(since_start) s after the tester started"
+        cluster_start n1
+        say "groups: n1 ready again at t=$(since_start) s"
+        finish_phase groups
+        ;;
     *)
-        say "unknown phase '$phase' (kill, partition)"
+        say "unknown phase '$phase' (kill, partition, groups)"
         exit 2
         ;;
     esac
