@@ -249,8 +249,8 @@ pub struct SendConfig {
     pub prev_wait: Duration,
     /// Most sends committed with one disk sync.
     pub max_batch: usize,
-    /// Groups above this size would switch to fan-out on read (not built yet;
-    /// every group fans out on write today).
+    /// Groups of at least this many members fan out on read
+    /// (`service/fanout.rs`).
     pub large_group_threshold: usize,
 }
 
