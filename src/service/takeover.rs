@@ -156,7 +156,14 @@ impl Takeover {
             && (0..newest.live.len()).any(|i| i != me && newest.live[i] && !serving.live[i]);
         if !rejoining {
             for peer in &departed {
-                self.settle(peer, stop).await;
+                if !self.settle(peer, stop).await {
+                    // It came back (or this node stops) before its outbox
+                    // was delivered: serving its keys now would let new
+                    // events overtake what it still owes. Follow the ring
+                    // as it is now instead.
+                    tracing::info!(peer = %peer.id, "a departed peer returned before this node finished what it left");
+                    return;
+                }
             }
         }
         self.service.cool_down();
@@ -201,8 +208,8 @@ impl Takeover {
     }
 
     /// Finishes a departed peer's half-written batch and drains its outbox,
-    /// retrying until done, the peer returns, or the node stops.
-    async fn settle(&self, peer: &Peer, stop: &CancellationToken) {
+    /// retrying until done (true), the peer returns, or the node stops.
+    async fn settle(&self, peer: &Peer, stop: &CancellationToken) -> bool {
         let outbox = Outbox {
             store: self.store.clone(),
             committer: self.committer.clone(),
@@ -225,7 +232,7 @@ impl Takeover {
             match result {
                 Ok(drained) => {
                     tracing::info!(peer = %peer.id, drained, "finished what a departed peer left");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer.id, error = %e, "cannot finish a departed peer's work yet")
@@ -233,11 +240,11 @@ impl Takeover {
             }
             let back = index.is_some_and(|i| self.cluster.newest().live[i]);
             if back || stop.is_cancelled() {
-                return;
+                return false;
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return false,
             }
             pause = (pause * 2).min(Duration::from_secs(2));
         }

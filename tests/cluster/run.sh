@@ -39,6 +39,8 @@ phases=${CLUSTER_PHASES:-kill partition groups}
 # Groups of this many members or more fan out on read (config/cluster/start.sh
 # adds it to each node's config).
 export CLUSTER_LARGE_GROUP_THRESHOLD=${CLUSTER_LARGE_GROUP_THRESHOLD:-10}
+# The tester names each out-of-order delivery on stderr (shown on failure).
+export LOADTEST_DEBUG_ORDER=${LOADTEST_DEBUG_ORDER:-1}
 users=${CLUSTER_USERS:-200}
 rate=${CLUSTER_RATE:-100}
 
