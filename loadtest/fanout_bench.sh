@@ -63,6 +63,8 @@ run fanout-1000-on-write --seconds 10 fanout --members 1000 --rate 10
 start 1000
 run fanout-1000-on-read --seconds 10 fanout --members 1000 --rate 10
 start 1000
-run fanout-100000-on-read --seconds 20 --drain 20 fanout --members 100000 --polling 18000 --rate 1
+run fanout-100000-on-read-5000-polling --seconds 30 --drain 20 fanout --members 100000 --polling 5000 --rate 1
+start 1000
+run fanout-100000-on-read-15000-polling --seconds 30 --drain 20 fanout --members 100000 --polling 15000 --rate 1
 start 1000
 run direct-for-comparison --seconds 20 chat --users 1000 --rate 10

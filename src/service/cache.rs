@@ -87,6 +87,21 @@ impl MailboxCache {
         self.tails.remove(user);
     }
 
+    /// Remembers that a reader found nothing after `head` in the store,
+    /// unless a tail exists. Safe against a commit racing the read: the
+    /// committer appends after the store has the event, to whatever tail
+    /// exists or to a new one; if it got there first, that tail is kept.
+    /// (Without this, every poll of a user whose tail was evicted reads
+    /// the store; a large group's members are many such users.)
+    pub fn remember_empty(&self, user: UserId, head: u64) {
+        let _ = self.tails.get_or_insert_with(&user, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Tail {
+                known_from: head,
+                events: VecDeque::new(),
+            }))
+        });
+    }
+
     /// Appends a just-committed event, in place unless a reader holds the
     /// tail right now. Positions come from one clock in commit order, so an
     /// absent tail can start at this event: nothing lies between

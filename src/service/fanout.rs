@@ -53,7 +53,7 @@ pub const STALE: Duration = Duration::from_secs(1);
 const READERS_TTL: Duration = Duration::from_secs(300);
 /// Streams and users whose state a node keeps.
 const STREAMS: usize = 4096;
-const READERS: usize = 65_536;
+const READERS: usize = 1 << 17;
 
 /// One item of a stream: a message, or a membership change.
 #[derive(Clone, Debug)]

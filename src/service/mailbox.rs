@@ -78,8 +78,12 @@ impl Service {
         let complete = self.inner.watermark.get();
         rows.retain(|(row, _)| keys::trailing_u64(row).is_some_and(|p| p <= complete));
         if rows.is_empty() {
-            if cursor > self.stored_head(user).await? {
+            let head = self.stored_head(user).await?;
+            if cursor > head {
                 return Err(Error::InvalidCursor);
+            }
+            if cursor == head {
+                self.inner.mailbox_cache.remember_empty(user, head.0);
             }
             return Ok(Batch {
                 events: Vec::new(),
