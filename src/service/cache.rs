@@ -252,6 +252,23 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_mailbox_remembered_by_a_reader_never_hides_a_commit() {
+        let c = MailboxCache::new(1 << 20);
+        let u = UserId(Uuid::from_u128(2));
+        // The reader first: the commit after it lands in its tail.
+        c.remember_empty(u, 7);
+        c.append(u, ev(9));
+        let t = c.get(&u).unwrap();
+        assert_eq!((t.known_from, t.head()), (7, 9));
+        // The commit first (the reader's scan missed it): its tail stays.
+        let v = UserId(Uuid::from_u128(3));
+        c.append(v, ev(20));
+        c.remember_empty(v, 7);
+        let t = c.get(&v).unwrap();
+        assert_eq!((t.known_from, t.head(), t.events.len()), (19, 20, 1));
+    }
+
+    #[test]
     fn pages_stay_contiguous() {
         let c = HistoryCache::new(1 << 20);
         let conv = ConversationId(Uuid::from_u128(1));
