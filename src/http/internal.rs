@@ -1,7 +1,8 @@
 //! Calls between nodes, signed with the cluster's shared secret:
 //! `POST /internal/v1/appends`, events a peer's outbox delivers to
-//! mailboxes this node owns, and `POST /internal/v1/wake`, a large group's
-//! stream moved on at its owner.
+//! mailboxes this node owns; `POST /internal/v1/watch`, a node with polls
+//! parked on a large group's stream asks its owner to be told; and
+//! `POST /internal/v1/wake`, the owner tells it the stream moved on.
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -42,6 +43,12 @@ pub(super) async fn wake(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, 
     let body = signed_body(ctx, req, MAX_WAKE_BYTES).await?;
     let (g, pos) = parse_wake(&body).ok_or_else(|| ApiError::field("malformed wake body"))?;
     ctx.service.stream_woken(g, pos).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn watch(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let body = signed_body(ctx, req, MAX_WAKE_BYTES).await?;
+    ctx.service.stream_watched(&body)?;
     Ok(no_content())
 }
 

@@ -34,6 +34,8 @@ enum Route<'a> {
     Appends,
     /// A large group's stream moved on at its owner (between nodes, signed).
     Wake,
+    /// A node asks a large group's owner to tell it (between nodes, signed).
+    Watch,
 }
 
 impl<'a> Route<'a> {
@@ -54,6 +56,7 @@ impl<'a> Route<'a> {
             ["v1", "cluster"] => Route::Cluster,
             ["internal", "v1", "appends"] => Route::Appends,
             ["internal", "v1", "wake"] => Route::Wake,
+            ["internal", "v1", "watch"] => Route::Watch,
             ["demo"] => Route::Demo(""),
             ["demo", file] => Route::Demo(file),
             _ => return None,
@@ -78,6 +81,7 @@ impl<'a> Route<'a> {
             Route::Cluster => ("cluster", "GET"),
             Route::Appends => ("appends", "POST"),
             Route::Wake => ("wake", "POST"),
+            Route::Watch => ("watch", "POST"),
         }
     }
 }
@@ -143,6 +147,7 @@ async fn dispatch(
         Route::Cluster => return Ok(ops::cluster(ctx)),
         Route::Appends => return Box::pin(internal::appends(ctx, req)).await,
         Route::Wake => return Box::pin(internal::wake(ctx, req)).await,
+        Route::Watch => return Box::pin(internal::watch(ctx, req)).await,
         _ => {}
     }
     if !ctx.service.cluster().available() {
@@ -195,7 +200,8 @@ async fn dispatch(
         | Route::Demo(_)
         | Route::Cluster
         | Route::Appends
-        | Route::Wake => Err(ApiError::UnknownRoute),
+        | Route::Wake
+        | Route::Watch => Err(ApiError::UnknownRoute),
     }
 }
 

@@ -28,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use quick_cache::sync::Cache;
 
 use hyper::Method;
@@ -172,10 +173,16 @@ struct Readings {
     list: Arc<Vec<Reading>>,
 }
 
-/// The node's tails and cached reader rows.
+/// The node's tails and cached reader rows, and on a ring who wants to
+/// hear of which stream.
 pub struct Streams {
     streams: Cache<ConversationId, Arc<Stream>>,
     readers: Cache<UserId, Arc<Readings>>,
+    /// As a group's owner: the nodes with polls parked on its stream, and
+    /// until when they asked to be told.
+    watchers: DashMap<ConversationId, Vec<(usize, Instant)>>,
+    /// As another node: when this node last asked each owner to tell it.
+    watching: DashMap<ConversationId, Instant>,
 }
 
 impl Default for Streams {
@@ -183,15 +190,60 @@ impl Default for Streams {
         Streams {
             streams: Cache::new(STREAMS),
             readers: Cache::new(READERS),
+            watchers: DashMap::new(),
+            watching: DashMap::new(),
         }
     }
 }
 
 impl Streams {
-    /// Forgets everything (the ring changed).
+    /// Forgets everything (the ring changed: owners may have moved).
     pub fn clear(&self) {
         self.streams.clear();
         self.readers.clear();
+        self.watchers.clear();
+        self.watching.clear();
+    }
+
+    /// Node `node` has polls parked on stream `g` (this node owns it).
+    pub fn watched_by(&self, g: ConversationId, node: usize) {
+        let until = Instant::now() + WATCH_FOR;
+        let mut entry = self.watchers.entry(g).or_default();
+        entry.retain(|(n, until)| *n != node && *until > Instant::now());
+        entry.push((node, until));
+    }
+
+    /// The nodes to tell that stream `g` moved.
+    fn watchers_of(&self, g: ConversationId) -> Vec<usize> {
+        let now = Instant::now();
+        self.watchers
+            .get(&g)
+            .map(|w| {
+                w.iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(n, _)| *n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether this node should ask the owner of `g` (again) to tell it.
+    fn should_watch(&self, g: ConversationId) -> bool {
+        let now = Instant::now();
+        let mut due = false;
+        self.watching
+            .entry(g)
+            .and_modify(|last| {
+                if now.duration_since(*last) >= REWATCH {
+                    *last = now;
+                    due = true;
+                }
+            })
+            .or_insert_with(|| {
+                due = true;
+                now
+            });
+        due
     }
 
     pub fn forget_readings(&self, user: &UserId) {
@@ -476,8 +528,68 @@ impl Service {
         }
         self.inner.stream_waiters.wake(&g);
         if self.inner.cluster.is_multi_node() {
-            tell_peers(self.inner.cluster.clone(), g, pos);
+            let watchers = self.inner.streams.watchers_of(g);
+            if !watchers.is_empty() {
+                tell_peers(self.inner.cluster.clone(), &watchers, g, pos);
+            }
         }
+    }
+
+    /// A poll parked here on stream `g`: on a ring, makes sure the group's
+    /// owner will tell this node when the stream moves.
+    pub(crate) fn watch_stream(&self, g: ConversationId) {
+        let cluster = &self.inner.cluster;
+        if !cluster.is_multi_node() || !self.inner.streams.should_watch(g) {
+            return;
+        }
+        let crate::cluster::Route::Remote(owner) = cluster.route(g.0.as_bytes()) else {
+            return;
+        };
+        let addr = owner.addr;
+        let mut body = g.0.as_bytes().to_vec();
+        body.extend_from_slice(&cluster.me().node_key);
+        let body = Bytes::from(body);
+        let Ok(signature) = HeaderValue::from_str(&cluster.sign(&body)) else {
+            return;
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let header = (HeaderName::from_static(SIGNATURE_HEADER), signature);
+            if let Err(e) = cluster
+                .client
+                .call(
+                    addr,
+                    Method::POST,
+                    WATCH_PATH,
+                    &[header],
+                    body,
+                    WAKE_TIMEOUT,
+                )
+                .await
+            {
+                tracing::debug!(%addr, error = %e, "asking to be told of a stream failed");
+            }
+        });
+    }
+
+    /// A peer asks to be told when stream `g` moves (body: `g(16) || its
+    /// node key(8)`).
+    pub fn stream_watched(&self, body: &[u8]) -> Result<()> {
+        let (g, key) = body
+            .split_first_chunk::<16>()
+            .filter(|(_, key)| key.len() == 8)
+            .ok_or_else(|| Error::InvalidField("malformed watch body".into()))?;
+        let node = self
+            .inner
+            .cluster
+            .peers()
+            .iter()
+            .position(|p| p.node_key.as_slice() == key)
+            .ok_or_else(|| Error::InvalidField("no such node".into()))?;
+        self.inner
+            .streams
+            .watched_by(ConversationId(uuid::Uuid::from_bytes(*g)), node);
+        Ok(())
     }
 
     /// A peer says stream `g` reached `pos`: refreshes the tail if pollers
@@ -494,6 +606,12 @@ impl Service {
 
 /// The path a stream's owner tells other nodes it moved on.
 pub const WAKE_PATH: &str = "/internal/v1/wake";
+/// The path a node asks a stream's owner on to be told.
+pub const WATCH_PATH: &str = "/internal/v1/watch";
+/// How long an owner tells a node that asked; it asks again every REWATCH
+/// while it has polls parked on the stream.
+const WATCH_FOR: Duration = Duration::from_secs(60);
+const REWATCH: Duration = Duration::from_secs(20);
 /// A wake is a hint (readers look again after [`STALE`] anyway): short.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -513,16 +631,16 @@ pub fn parse_wake(body: &[u8]) -> Option<(ConversationId, StreamPos)> {
     Some((ConversationId(g), read_pos(&body[16..])?))
 }
 
-/// Tells every other live node, without waiting, that stream `g` reached
-/// `pos`. A node with no poller on it does nothing more.
-fn tell_peers(cluster: Arc<Cluster>, g: ConversationId, pos: StreamPos) {
+/// Tells the live nodes among `watchers`, without waiting, that stream `g`
+/// reached `pos`.
+fn tell_peers(cluster: Arc<Cluster>, watchers: &[usize], g: ConversationId, pos: StreamPos) {
     let body = wake_body(g, pos);
     let Ok(signature) = HeaderValue::from_str(&cluster.sign(&body)) else {
         return;
     };
     let newest = cluster.newest();
     for (i, peer) in cluster.peers().iter().enumerate() {
-        if i == cluster.me_index() || !newest.live[i] {
+        if i == cluster.me_index() || !newest.live[i] || !watchers.contains(&i) {
             continue;
         }
         let (cluster, body, signature, addr) =
@@ -576,6 +694,32 @@ mod tests {
         assert!(follows(pos(3, 1), pos(3, 2)));
         assert!(!follows(pos(3, 0), pos(5, 0)));
         assert!(!follows(pos(3, 0), pos(3, 2)));
+    }
+
+    #[test]
+    fn an_owner_tells_each_node_that_asked_once() {
+        let streams = Streams::default();
+        let (g, other) = (
+            ConversationId(uuid::Uuid::from_u128(1)),
+            ConversationId(uuid::Uuid::from_u128(2)),
+        );
+        assert!(streams.watchers_of(g).is_empty(), "nobody asked");
+        streams.watched_by(g, 2);
+        streams.watched_by(g, 2);
+        streams.watched_by(g, 0);
+        let mut told = streams.watchers_of(g);
+        told.sort();
+        assert_eq!(told, [0, 2]);
+        assert!(streams.watchers_of(other).is_empty());
+        // A node asks once, then not again for REWATCH.
+        assert!(streams.should_watch(g));
+        assert!(!streams.should_watch(g));
+        streams.clear();
+        assert!(streams.watchers_of(g).is_empty());
+        assert!(
+            streams.should_watch(g),
+            "after a ring change it asks at once"
+        );
     }
 
     #[test]

@@ -69,6 +69,14 @@ fn group_put(info: &GroupInfo, large_from: Option<StreamPos>) -> Result<Mutation
     })
 }
 
+fn change_put(conv: ConversationId, pos: StreamPos, event: &Bytes) -> Mutation {
+    Mutation::Put {
+        table: Table::GroupChanges,
+        row: change_row(conv, pos),
+        value: event.clone(),
+    }
+}
+
 fn reader_put(user: UserId, g: GroupId, after: StreamPos, until: Option<StreamPos>) -> Mutation {
     Mutation::Put {
         table: Table::GroupReaders,
@@ -419,11 +427,7 @@ impl Service {
             // reading the stream, after the change.
             if let Some(event) = left {
                 let pos = next_change();
-                commit.writes.push(Mutation::Put {
-                    table: Table::GroupChanges,
-                    row: change_row(conv, pos),
-                    value: event.clone(),
-                });
+                commit.writes.push(change_put(conv, pos, &event));
                 for u in &removed {
                     let after = self
                         .get(Table::GroupReaders, &keys::id_id(u.0, g.0))
@@ -436,11 +440,7 @@ impl Service {
             }
             if let Some(event) = joined {
                 let pos = next_change();
-                commit.writes.push(Mutation::Put {
-                    table: Table::GroupChanges,
-                    row: change_row(conv, pos),
-                    value: event.clone(),
-                });
+                commit.writes.push(change_put(conv, pos, &event));
                 for u in &added {
                     commit.writes.push(reader_put(*u, g, pos, None));
                     commit.appends.push((*u, event.clone()));

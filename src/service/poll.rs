@@ -109,7 +109,10 @@ impl Service {
             let streams: Vec<_> = readings
                 .iter()
                 .filter(|r| r.until.is_none())
-                .filter_map(|r| self.inner.stream_waiters.register(r.group).ok())
+                .filter_map(|r| {
+                    self.watch_stream(r.group);
+                    self.inner.stream_waiters.register(r.group).ok()
+                })
                 .collect();
             let mut woken = pin!(registration.notified());
             woken.as_mut().enable();
