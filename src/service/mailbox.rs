@@ -27,15 +27,28 @@ impl Service {
     /// The newest complete position the store holds, which may be ahead of
     /// the cache.
     async fn stored_head(&self, user: UserId) -> Result<Position> {
-        let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev();
-        scan.end = Bound::Included(keys::id_u64(user.0, self.inner.watermark.get()));
-        let newest = self.scan(scan).await?;
-        Ok(Position(
-            newest
-                .first()
-                .and_then(|(row, _)| keys::trailing_u64(row))
-                .unwrap_or(0),
-        ))
+        let watermark = &self.inner.watermark;
+        let newest = self
+            .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
+            .await?
+            .first()
+            .and_then(|(row, _)| keys::trailing_u64(row));
+        match newest {
+            Some(p) if watermark.visible(p) => Ok(Position(p)),
+            None => Ok(Position(0)),
+            // One of this node's batches is landing: the head below it.
+            Some(_) => {
+                let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev();
+                scan.end = Bound::Included(keys::id_u64(user.0, watermark.get()));
+                let newest = self.scan(scan).await?;
+                Ok(Position(
+                    newest
+                        .first()
+                        .and_then(|(row, _)| keys::trailing_u64(row))
+                        .unwrap_or(0),
+                ))
+            }
+        }
     }
 
     /// Up to `limit` events after `cursor`. A cursor ahead of the mailbox
@@ -73,16 +86,25 @@ impl Service {
         let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), limit);
         scan.start = Bound::Excluded(keys::id_u64(user.0, cursor.0));
         let mut rows = self.scan(scan).await?;
-        // Read after the scan: rows at or below it belong to batches that
-        // had fully landed when the scan ran.
-        let complete = self.inner.watermark.get();
-        rows.retain(|(row, _)| keys::trailing_u64(row).is_some_and(|p| p <= complete));
+        let found = !rows.is_empty();
+        // Checked after the scan: rows it allows belong to batches that had
+        // fully landed when the scan ran. Stop at the first it does not.
+        let watermark = &self.inner.watermark;
+        if let Some(cut) = rows
+            .iter()
+            .position(|(row, _)| keys::trailing_u64(row).is_none_or(|p| !watermark.visible(p)))
+        {
+            rows.truncate(cut);
+        }
         if rows.is_empty() {
             let head = self.stored_head(user).await?;
             if cursor > head {
                 return Err(Error::InvalidCursor);
             }
-            if cursor == head {
+            // Only when the store held nothing after the cursor at all: a
+            // row hidden because it was still landing must not be hidden
+            // for good by the cache.
+            if cursor == head && !found {
                 self.inner.mailbox_cache.remember_empty(user, head.0);
             }
             return Ok(Batch {
