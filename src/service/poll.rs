@@ -69,12 +69,14 @@ impl Service {
         let Some(cursor) = req.cursor else {
             return Ok(PollAnswer {
                 events: Vec::new(),
-                cursor: self.stream_head(user).await?,
+                cursor: Box::pin(self.stream_head(user)).await?,
                 timed_out: false,
             });
         };
         let shutdown = &self.inner.shutdown;
-        let first = self.gather(user, &cursor, req.limit).await?;
+        // Boxed: a parked poll's future is as large as its largest await,
+        // and reading is far larger than waiting.
+        let first = Box::pin(self.gather(user, &cursor, req.limit)).await?;
         if !first.events.is_empty() {
             return Ok(self.answer(first, false));
         }
@@ -105,7 +107,7 @@ impl Service {
             // Registered before reading, so a wake between the read and
             // the wait is not lost: on the mailbox, and on every large
             // group the user reads.
-            let readings = self.readings(user).await?;
+            let readings = Box::pin(self.readings(user)).await?;
             let streams: Vec<_> = readings
                 .iter()
                 .filter(|r| r.until.is_none())
@@ -120,7 +122,7 @@ impl Service {
             for w in &mut stream_woken {
                 w.as_mut().enable();
             }
-            let batch = self.gather(user, &cursor, req.limit).await?;
+            let batch = Box::pin(self.gather(user, &cursor, req.limit)).await?;
             if !batch.events.is_empty() {
                 parked.answer();
                 return Ok(self.answer(batch, true));
@@ -136,13 +138,14 @@ impl Service {
             });
             // Another node's tail is looked at again after STALE even
             // without a wake (a wake can be lost).
-            let recheck = (!streams.is_empty()).then_some(super::fanout::STALE);
-            let recheck = async move {
-                match recheck {
-                    Some(after) => tokio::time::sleep(after).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // Boxed, and only for a user in large groups: most parked polls
+            // carry no second timer.
+            let mut recheck =
+                (!streams.is_empty()).then(|| Box::pin(tokio::time::sleep(super::fanout::STALE)));
+            let recheck = std::future::poll_fn(|cx| match recheck.as_mut() {
+                Some(sleep) => sleep.as_mut().poll(cx),
+                None => std::task::Poll::Pending,
+            });
             tokio::select! {
                 _ = woken => {}
                 _ = any_stream => {}
