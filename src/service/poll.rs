@@ -137,9 +137,8 @@ impl Service {
                 std::task::Poll::Pending
             });
             // Another node's tail is looked at again after STALE even
-            // without a wake (a wake can be lost).
-            // Boxed, and only for a user in large groups: most parked polls
-            // carry no second timer.
+            // without a wake (a wake can be lost). Only users in large
+            // groups carry this second timer, boxed.
             let mut recheck =
                 (!streams.is_empty()).then(|| Box::pin(tokio::time::sleep(super::fanout::STALE)));
             let recheck = std::future::poll_fn(|cx| match recheck.as_mut() {
