@@ -284,11 +284,8 @@ impl Cluster {
 
     /// Makes `view` the one requests are routed by.
     pub fn publish(&self, view: Arc<View>) {
-        let mut serving = self.serving.write().unwrap_or_else(|e| e.into_inner());
-        self.serving_epoch.store(view.epoch, Ordering::Release);
-        let old = std::mem::replace(&mut *serving, view);
-        drop(serving);
-        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old;
+        let old = self.serving();
+        self.set_serving(view, old);
     }
 
     /// Publishes `view` after (re)joining: while this node was away, its
@@ -296,11 +293,15 @@ impl Cluster {
     pub fn publish_rejoined(&self, view: Arc<View>) {
         let mut without_me = (*view).clone();
         without_me.live[self.me] = false;
+        self.set_serving(view, Arc::new(without_me));
+    }
+
+    fn set_serving(&self, view: Arc<View>, previous: Arc<View>) {
         let mut serving = self.serving.write().unwrap_or_else(|e| e.into_inner());
         self.serving_epoch.store(view.epoch, Ordering::Release);
         *serving = view;
         drop(serving);
-        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(without_me);
+        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = previous;
     }
 
     /// Whether the node that served `key` before the last ring change is

@@ -115,7 +115,7 @@ impl Tail {
 
 /// The users a change item removed, if it is a `left` change.
 fn departures(event: &[u8]) -> Option<Vec<UserId>> {
-    if !event.starts_with(br#"{"type":"group""#) {
+    if !is_group_event(event) {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(event).ok()?;
@@ -269,11 +269,9 @@ pub fn change_row(g: ConversationId, pos: StreamPos) -> Vec<u8> {
     row
 }
 
-fn change_pos(row: &[u8]) -> Option<StreamPos> {
-    let rest = row.get(16..)?;
-    let seq = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    let sub = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?);
-    Some(StreamPos { seq, sub })
+/// The place a change row's key names.
+pub fn change_pos(row: &[u8]) -> Option<StreamPos> {
+    read_pos(row.get(16..)?)
 }
 
 fn put_pos(out: &mut Vec<u8>, pos: StreamPos) {
@@ -421,15 +419,15 @@ impl Service {
 
     /// `tail` with what the store holds after its head.
     async fn refreshed(&self, g: ConversationId, tail: &Tail) -> Result<Tail> {
-        let mut tail = tail.extended(Vec::new(), tail.head);
-        loop {
+        let (items, head) = self.fetch(g, tail.head, FETCH).await?;
+        let mut full = items.len() == FETCH;
+        let mut tail = tail.extended(items, head);
+        while full {
             let (items, head) = self.fetch(g, tail.head, FETCH).await?;
-            let full = items.len() == FETCH;
+            full = items.len() == FETCH;
             tail = tail.extended(items, head);
-            if !full {
-                return Ok(tail);
-            }
         }
+        Ok(tail)
     }
 
     /// Up to `limit` items after `after` from the store, and the place

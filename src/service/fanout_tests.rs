@@ -140,16 +140,26 @@ impl World {
         self.node.service.poll(user, req).await.unwrap().cursor
     }
 
+    /// One poll after `cursor` that never parks.
+    async fn poll_now(
+        &self,
+        user: UserId,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> super::Result<super::poll::PollAnswer> {
+        let req = PollRequest {
+            cursor: Some(cursor.clone()),
+            timeout: Duration::ZERO,
+            limit,
+        };
+        self.node.service.poll(user, req).await
+    }
+
     /// Every event after `cursor`, in small pages, and the cursor after them.
     async fn drain(&self, user: UserId, mut cursor: Cursor) -> (Vec<Value>, Cursor) {
         let mut all = Vec::new();
         loop {
-            let req = PollRequest {
-                cursor: Some(cursor.clone()),
-                timeout: Duration::ZERO,
-                limit: 2,
-            };
-            let answer = self.node.service.poll(user, req).await.unwrap();
+            let answer = self.poll_now(user, &cursor, 2).await.unwrap();
             if answer.events.is_empty() {
                 return (all, answer.cursor);
             }
@@ -339,12 +349,7 @@ async fn a_cursor_ahead_of_a_groups_stream_is_refused() {
     w.send(u[0], Destination::Group(g)).await;
     let mut cursor = w.head(u[1]).await;
     cursor.set_group(ConversationId::from(g), StreamPos { seq: 99, sub: 0 });
-    let req = PollRequest {
-        cursor: Some(cursor),
-        timeout: Duration::ZERO,
-        limit: 10,
-    };
-    let answer = w.node.service.poll(u[1], req).await;
+    let answer = w.poll_now(u[1], &cursor, 10).await;
     assert!(matches!(answer, Err(Error::InvalidCursor)), "{answer:?}");
     w.node.shutdown().await;
 }
@@ -377,12 +382,7 @@ async fn a_receipt_never_comes_before_the_large_group_message_it_covers() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let req = PollRequest {
-            cursor: Some(cursor.clone()),
-            timeout: Duration::ZERO,
-            limit: 1,
-        };
-        let answer = w.node.service.poll(u[0], req).await.unwrap();
+        let answer = w.poll_now(u[0], &cursor, 1).await.unwrap();
         for e in &answer.events {
             got.push(serde_json::from_slice::<Value>(e).unwrap());
         }

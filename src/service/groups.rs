@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::committer::Commit;
 use super::conversations::{ConversationMeta, Membership, UserConversation};
-use super::fanout::{Item, change_row, parse_reader_value, reader_value};
+use super::fanout::{Item, change_pos, change_row, parse_reader_value, reader_value};
 use super::locks::KeyGuard;
 use super::send::Head;
 use super::{Error, Result, Service};
@@ -138,14 +138,6 @@ pub struct ChangeMembers {
     pub remove: Vec<UserId>,
 }
 
-fn change_pos_of(row: &[u8]) -> Option<StreamPos> {
-    let rest = row.get(16..)?;
-    Some(StreamPos {
-        seq: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
-        sub: u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?),
-    })
-}
-
 /// One member row: `joined_at` (ms) as 8 big-endian bytes.
 fn member_put(g: GroupId, user: UserId, at: i64) -> Mutation {
     Mutation::Put {
@@ -202,7 +194,7 @@ impl Service {
             let newest = self
                 .scan(Scan::prefix(Table::GroupChanges, g.0.as_bytes(), 1).rev())
                 .await?;
-            if let Some(pos) = newest.first().and_then(|(row, _)| change_pos_of(row)) {
+            if let Some(pos) = newest.first().and_then(|(row, _)| change_pos(row)) {
                 last_change = last_change.max(pos);
             }
         }

@@ -3,11 +3,12 @@
 //! or the node shuts down.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::fanout::is_group_event;
+use super::fanout::{Reading, is_group_event};
 use super::waiters::Refused;
 use super::{Error, Result, Service};
 use crate::domain::{ConversationId, Cursor, Event, Position, Seq, UserId};
@@ -76,7 +77,7 @@ impl Service {
         let shutdown = &self.inner.shutdown;
         // Boxed: a parked poll's future is as large as its largest await,
         // and reading is far larger than waiting.
-        let first = Box::pin(self.gather(user, &cursor, req.limit)).await?;
+        let first = Box::pin(self.gather(user, &cursor, req.limit, None)).await?;
         if !first.events.is_empty() {
             return Ok(self.answer(first, false));
         }
@@ -122,7 +123,8 @@ impl Service {
             for w in &mut stream_woken {
                 w.as_mut().enable();
             }
-            let batch = Box::pin(self.gather(user, &cursor, req.limit)).await?;
+            let batch =
+                Box::pin(self.gather(user, &cursor, req.limit, Some(readings.clone()))).await?;
             if !batch.events.is_empty() {
                 parked.answer();
                 return Ok(self.answer(batch, true));
@@ -182,14 +184,24 @@ impl Service {
     }
 
     /// Up to `limit` events after `cursor`: the mailbox's first, then those
-    /// of the user's large groups.
-    async fn gather(&self, user: UserId, cursor: &Cursor, limit: usize) -> Result<Gathered> {
+    /// of the user's large groups (`known`: the caller just looked them up).
+    async fn gather(
+        &self,
+        user: UserId,
+        cursor: &Cursor,
+        limit: usize,
+        known: Option<Arc<Vec<Reading>>>,
+    ) -> Result<Gathered> {
         let batch = self.read_after(user, cursor.mailbox, limit).await?;
-        if batch.events.iter().any(|e| is_group_event(&e.json)) {
+        let readings = match known {
             // It may have joined or left a large group.
-            self.inner.streams.forget_readings(&user);
-        }
-        let readings = self.readings(user).await?;
+            _ if batch.events.iter().any(|e| is_group_event(&e.json)) => {
+                self.inner.streams.forget_readings(&user);
+                self.readings(user).await?
+            }
+            Some(known) => known,
+            None => self.readings(user).await?,
+        };
         let mut mailbox = batch.events;
         let mut reached = batch.cursor;
         if !readings.is_empty() {
