@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -101,15 +102,16 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(router::handle(&ctx, req).await) }
+            router::handle(ctx.clone(), req).map(Ok::<_, Infallible>)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        // `map`, not an async block: a block that awaits a moved-in future
+        // stores it twice, and a task lives as long as its connection.
+        tokio::spawn(connection.map(|ended| {
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
     tokio::select! {

@@ -115,7 +115,9 @@ pub(super) async fn poll(
                 hyper::header::HeaderName::from_static(HOLD_MS),
                 hyper::header::HeaderValue::from(timeout.as_millis() as u64),
             )];
-            forward::forward(
+            // Boxed: only a poll this node passes on needs the forward's
+            // state, and a poll parked here should not carry its size.
+            Box::pin(forward::forward(
                 ctx,
                 Outgoing {
                     method: hyper::Method::GET,
@@ -126,7 +128,7 @@ pub(super) async fn poll(
                     timeout: timeout + FORWARD_MARGIN,
                     peer,
                 },
-            )
+            ))
             .await
         }
         Via::Here { .. } => answer(ctx, user, cursor, timeout, limit).await,

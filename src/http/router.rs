@@ -1,5 +1,6 @@
 //! Routing: path and method to handler, with the request metrics around it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
@@ -86,7 +87,9 @@ impl<'a> Route<'a> {
     }
 }
 
-pub(super) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response {
+/// Owns its `Ctx` so that hyper's per-request future needs no wrapper around it.
+pub(super) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response {
+    let ctx = &*ctx;
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = Route::of(&path);
