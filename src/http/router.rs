@@ -1,7 +1,11 @@
 //! Routing: path and method to handler, with the request metrics around it.
 
+use std::future::{Future, ready};
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -87,28 +91,51 @@ impl<'a> Route<'a> {
     }
 }
 
-/// Owns its `Ctx` so that hyper's per-request future needs no wrapper around it.
-pub(super) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response {
-    let ctx = &*ctx;
+/// Answers one request. Not an `async fn`: hyper keeps the returned future
+/// for as long as the request is in flight (a parked poll's whole hold), and
+/// an async fn would store its arguments beside the futures they move into.
+/// Here the routing and CORS checks run at once, and the future is the
+/// handler's own, mapped.
+pub(super) fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+) -> impl Future<Output = Response> + Send + 'static {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = Route::of(&path);
     let name = route.as_ref().map_or("unknown", |r| r.name_and_methods().0);
-    let origin = cors::allowed_origin(ctx, req.headers());
+    let origin = cors::allowed_origin(&ctx, req.headers());
     let query_len = req.uri().query().map_or(0, str::len);
     let preflight = route
         .as_ref()
-        .and_then(|r| cors::preflight(ctx, req.method(), req.headers(), r.name_and_methods().1));
-    let mut response = match (route, preflight) {
-        (_, Some(preflight)) => Ok(preflight),
-        (_, None) if query_len > ctx.limits.max_query_bytes => Err(ApiError::field(format!(
+        .and_then(|r| cors::preflight(&ctx, req.method(), req.headers(), r.name_and_methods().1));
+    let early = match (route, preflight) {
+        (_, Some(preflight)) => Some(Ok(preflight)),
+        (_, None) if query_len > ctx.limits.max_query_bytes => Some(Err(ApiError::field(format!(
             "the query string is over the limit of {} bytes",
             ctx.limits.max_query_bytes
-        ))),
-        (Some(route), None) => dispatch(ctx, route, req).await,
-        (None, None) => Err(ApiError::UnknownRoute),
+        )))),
+        (Some(_), None) => None,
+        (None, None) => Some(Err(ApiError::UnknownRoute)),
+    };
+    let done = move |ctx: &Ctx, result| finish(ctx, result, name, origin, started);
+    match early {
+        Some(result) => Either::Left(ready(done(&ctx, result))),
+        None => {
+            Either::Right(dispatch(ctx.clone(), path, req).map(move |result| done(&ctx, result)))
+        }
     }
-    .unwrap_or_else(ApiError::into_response);
+}
+
+/// CORS headers, the request's log line and metrics.
+fn finish(
+    ctx: &Ctx,
+    result: Result<Response, ApiError>,
+    name: &'static str,
+    origin: Option<hyper::header::HeaderValue>,
+    started: Instant,
+) -> Response {
+    let mut response = result.unwrap_or_else(ApiError::into_response);
     if let Some(origin) = origin {
         cors::allow(&mut response, origin);
     }
@@ -133,10 +160,14 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response {
 }
 
 async fn dispatch(
-    ctx: &Ctx,
-    route: Route<'_>,
+    ctx: Arc<Ctx>,
+    path: String,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
+    let ctx = &*ctx;
+    let Some(route) = Route::of(&path) else {
+        return Err(ApiError::UnknownRoute);
+    };
     let (_, methods) = route.name_and_methods();
     let method = req.method().clone();
     if !methods.split(", ").any(|m| m == method.as_str()) {
