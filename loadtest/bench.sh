@@ -79,8 +79,14 @@ else:
           f'p50 {d["p50_ms"]:.2f} p99 {d["p99_ms"]:.2f} p99.9 {d["p999_ms"]:.2f} max {d["max_ms"]:.2f} ms; '
           f'errors {r["send_errors"]}+{r["poll_errors"]}; lost {v["lost_messages"]} reordered {v["reordered"]} '
           f'(own copies {v["copies_reordered"]}) corrupted {v["corrupted"]} gaps {v["gaps"]}; clean {r["clean"]}')
+    c = r.get("cpu") or {}
+    if c.get("server_us_per_message") is not None:
+        print(f'   CPU while sending: server {c["server_seconds"]:.1f} s = {c["server_us_per_message"]:.0f} us/message, '
+              f'tool {c["tool_seconds"]:.1f} s = {c["tool_us_per_message"]:.0f} us/message')
 for s in r.get("steps", []):
-    print(f'   step {s["rate"]:.0f}/s: achieved {s["achieved_rate"]:.0f}/s p99 {s["delivery"]["p99_ms"]:.2f} ms errors {s["errors"]} lost {s["lost"]} held {s["held"]}')
+    sc = (s.get("cpu") or {}).get("server_us_per_message")
+    print(f'   step {s["rate"]:.0f}/s: achieved {s["achieved_rate"]:.0f}/s p99 {s["delivery"]["p99_ms"]:.2f} ms errors {s["errors"]} lost {s["lost"]} held {s["held"]}'
+          + (f' server {sc:.0f} us/message' if sc is not None else ''))
 if r.get("steps"):
     print(f'   highest rate that held: {r.get("highest_held_rate")}')
 PY
@@ -96,18 +102,24 @@ for polls in 10000 19000; do
     run "idle-$polls-nchan" nchan --poll-timeout 55 idle --polls "$polls" "${pids[@]}"
 done
 
+# --server-pid: the runs report the server's CPU per acked message beside
+# the tool's, which compares the servers whatever the generator took.
+nchan_pid_args() { local p; for p in $(nginx_pids); do printf -- '--server-pid %s ' "$p"; done; }
+
 for rate in 1000 5000 10000 20000; do
     start_carrier
-    run "chat-$rate-carrier" carrier --seconds 10 chat --users 10000 --rate "$rate"
+    run "chat-$rate-carrier" carrier --server-pid "$carrier_pid" --seconds 10 chat --users 10000 --rate "$rate"
     start_nchan
-    run "chat-$rate-nchan" nchan --seconds 10 chat --users 10000 --rate "$rate"
+    # shellcheck disable=SC2046
+    run "chat-$rate-nchan" nchan $(nchan_pid_args) --seconds 10 chat --users 10000 --rate "$rate"
 done
 
 ramp=(ramp --users 10000 --start-rate 2500 --step-rate 2500 --max-rate 30000 --step-seconds 5 --slo-p99-ms 100)
 start_carrier
-run ramp-carrier carrier --drain 5 "${ramp[@]}"
+run ramp-carrier carrier --server-pid "$carrier_pid" --drain 5 "${ramp[@]}"
 start_nchan
-run ramp-nchan nchan --drain 5 "${ramp[@]}"
+# shellcheck disable=SC2046
+run ramp-nchan nchan $(nchan_pid_args) --drain 5 "${ramp[@]}"
 
 start_carrier
 run fanout-1000-carrier carrier --seconds 10 fanout --members 1000 --rate 10

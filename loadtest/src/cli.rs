@@ -47,6 +47,15 @@ pub struct Args {
     #[arg(long, global = true)]
     pub nchan_sender_copy: bool,
 
+    /// Process id(s) of the server on this machine; repeat for several
+    /// (nginx: the master and every worker). `idle` samples their resident
+    /// memory (VmRSS) and needs one; the sending scenarios report the CPU
+    /// time they used while sending and draining, per acked message, beside
+    /// this tool's own (both from /proc/PID/stat), so two servers compare
+    /// whatever share of the cores the load generator took.
+    #[arg(long = "server-pid", global = true)]
+    pub server_pids: Vec<u32>,
+
     /// The target's Carrier configuration file: tokens are minted with its
     /// auth secret (as `carrier token --config FILE` does).
     #[arg(long, global = true, conflicts_with_all = ["secret", "tokens"])]
@@ -243,10 +252,6 @@ pub struct IdleArgs {
     /// Parked polls to open (one user and one connection each).
     #[arg(long, default_value_t = 10_000)]
     pub polls: usize,
-    /// Process id(s) of the server whose resident memory (VmRSS in
-    /// /proc/PID/status) is sampled; repeat for several (nginx workers).
-    #[arg(long = "server-pid", required = true)]
-    pub server_pids: Vec<u32>,
     /// Seconds to wait once all polls are parked before sampling, so the
     /// allocator has settled.
     #[arg(long, default_value_t = 10)]

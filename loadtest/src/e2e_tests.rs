@@ -101,9 +101,13 @@ async fn run_against(targets: &str, extra: &[&str]) -> RunResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_chat_against_a_real_node_is_clean() {
     let node = node().await;
+    // The node runs in this process: its pid stands for the server's.
+    let pid = std::process::id().to_string();
     let r = run(
         &node,
         &[
+            "--server-pid",
+            &pid,
             "--seconds",
             "2",
             "--read-receipts",
@@ -130,6 +134,11 @@ async fn a_short_chat_against_a_real_node_is_clean() {
     assert_eq!(r.delivery.count, r.delivered);
     assert!(r.receipts > 0, "{}", r.table());
     assert_eq!(r.history_checked, 20);
+    // CPU per acked message, the server's (from --server-pid) and the tool's.
+    let per = r.cpu.server_us_per_message.expect("server CPU measured");
+    assert!(per > 0.0, "{}", r.table());
+    assert!(r.cpu.tool_seconds.is_some_and(|s| s > 0.0), "{}", r.table());
+    assert!(r.table().contains("µs per acked message"), "{}", r.table());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,11 @@ pub async fn run(
         settings(args),
     );
     let progress = Progress::new(args.quiet || args.worker.is_some());
-    let before = if sample { rss_kib(&a.server_pids)? } else { 0 };
+    let before = if sample {
+        rss_kib(&args.server_pids)?
+    } else {
+        0
+    };
     progress.say(&format!("parking {polls} polls"));
     let mut devices = JoinSet::new();
     let sampler = progress.follow(&engine, args.worker.is_some());
@@ -71,7 +75,7 @@ pub async fn run(
         progress.say(&format!("{polls} parked; settling {} s", a.settle));
         tokio::time::sleep(Duration::from_secs(a.settle)).await;
         let parked = Counters::get(&engine.counters.parked);
-        let after = rss_kib(&a.server_pids)?;
+        let after = rss_kib(&args.server_pids)?;
         if a.hold > 0 {
             progress.say(&format!("holding {} s", a.hold));
             tokio::time::sleep(Duration::from_secs(a.hold)).await;

@@ -12,12 +12,14 @@
 //! - [`schedule`]: the open-loop, wall-clock scheduler.
 //! - [`engine`] (+ [`device`], [`send`]): the running load and its books.
 //! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
-//! - [`stats`]: histograms and time series. [`report`], [`html`]: output.
+//! - [`stats`]: histograms and time series. [`cpu`]: server and tool CPU
+//!   per message. [`report`], [`html`]: output.
 //! - [`scenario`], [`idle`]: what each scenario does. [`workers`]: runs
 //!   past one process's open-files limit. [`limits`]: RLIMIT_NOFILE.
 
 pub mod cli;
 pub mod client;
+pub mod cpu;
 pub mod device;
 pub mod engine;
 pub mod failover;

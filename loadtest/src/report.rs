@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::CpuUse;
 use crate::failover::SendOutage;
 use crate::oracle::Counts;
 use crate::stats::{Percentiles, Recorded, Sample, histogram};
@@ -19,6 +20,8 @@ pub struct Step {
     pub delivery: Percentiles,
     pub ack: Percentiles,
     pub held: bool,
+    #[serde(default)]
+    pub cpu: CpuUse,
 }
 
 /// The idle scenario's memory figures.
@@ -78,6 +81,10 @@ pub struct RunResult {
     pub steps: Vec<Step>,
     pub highest_held_rate: Option<f64>,
     pub idle: Option<Idle>,
+    /// CPU of the server (with --server-pid) and of this tool while
+    /// sending and draining; one process's runs only.
+    #[serde(default)]
+    pub cpu: CpuUse,
     pub samples: Vec<Sample>,
     pub ack_histogram: Recorded,
     pub delivery_histogram: Recorded,
@@ -134,6 +141,9 @@ impl RunResult {
                 a.polls += b.polls;
             }
         }
+        // Each worker saw the whole server's CPU, and only its own share of
+        // the messages: no honest merged figure.
+        out.cpu = CpuUse::default();
         out.send_outage =
             SendOutage::merge(&parts.iter().map(|p| &p.send_outage).collect::<Vec<_>>());
         let secs = out.send_seconds.max(1e-9);
@@ -207,6 +217,9 @@ impl RunResult {
                 ),
             );
             row("delivery latency", pct(&self.delivery));
+            if self.workers <= 1 {
+                row("CPU while sending", self.cpu.text());
+            }
             row("ack latency", pct(&self.ack));
             row(
                 "polls",
@@ -242,12 +255,15 @@ impl RunResult {
             row(
                 &format!("step {:.0}/s", s.rate),
                 format!(
-                    "achieved {:.0}/s, p99 {:.2} ms, errors {}, lost {}: {}",
+                    "achieved {:.0}/s, p99 {:.2} ms, errors {}, lost {}: {}{}",
                     s.achieved_rate,
                     s.delivery.p99_ms,
                     s.errors,
                     s.lost,
-                    if s.held { "held" } else { "broke" }
+                    if s.held { "held" } else { "broke" },
+                    s.cpu
+                        .server_us_per_message
+                        .map_or(String::new(), |us| format!(", server {us:.0} µs/message")),
                 ),
             );
         }

@@ -36,6 +36,9 @@ pub fn check(args: &Args) -> Result<(), String> {
     {
         return Err("give --config FILE, --secret TEXT or --tokens FILE to make tokens".into());
     }
+    if matches!(args.scenario, Scenario::Idle(_)) && args.server_pids.is_empty() {
+        return Err("idle needs --server-pid PID (the server whose memory it samples)".into());
+    }
     if args.seconds <= 0.0 || args.max_seconds == 0 {
         return Err("--seconds and --max-seconds must be positive".into());
     }
@@ -160,6 +163,22 @@ mod tests {
             .is_err()
         );
         assert!(check(&args(&["t", "--peer", "nchan", "groups"])).is_err());
+        assert!(
+            check(&args(&["t", "--secret", "s", "idle"])).is_err(),
+            "idle without a pid"
+        );
+        let idle = args(&[
+            "t",
+            "--secret",
+            "s",
+            "idle",
+            "--server-pid",
+            "1",
+            "--server-pid",
+            "2",
+        ]);
+        assert_eq!(idle.server_pids, vec![1, 2]);
+        assert!(check(&idle).is_ok());
         assert!(Args::try_parse_from(["t", "--cut-polls", "1.5", "chat"]).is_err());
     }
 

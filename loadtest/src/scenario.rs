@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::cli::{Args, Scenario};
 use crate::client::Sources;
+use crate::cpu::Mark;
 use crate::engine::{Engine, Settings};
 use crate::plan::{Plan, Tokens};
 use crate::progress::Progress;
@@ -91,11 +92,16 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
     let drain = Duration::from_secs(args.drain);
     match &args.scenario {
         Scenario::Ramp(a) => {
+            let mut acked_so_far = 0;
             let mut rate = a.start_rate;
             let mut tag = 0;
             while rate <= a.max_rate + 1e-9 && !engine.stop.is_cancelled() {
                 progress.say(&format!("ramp step {rate:.0} sends/s"));
+                let mark = Mark::now(&args.server_pids);
                 let p = engine.phase(rate * share, a.step_seconds, tag, drain).await;
+                let cpu = mark.spent(&args.server_pids, p.acked);
+                result.cpu = result.cpu.add(&cpu, acked_so_far, p.acked);
+                acked_so_far += p.acked;
                 let delivery = Percentiles::of(&p.delivery);
                 let achieved = p.acked as f64 / p.seconds;
                 let held = p.errors == 0
@@ -110,6 +116,7 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
                     delivery,
                     ack: Percentiles::of(&p.ack),
                     held,
+                    cpu,
                 });
                 result.send_seconds += p.seconds;
                 if !held {
@@ -122,7 +129,9 @@ pub async fn run(args: &Args, tokens: &Tokens, share: f64) -> anyhow::Result<Run
         }
         _ => {
             progress.say("sending");
+            let mark = Mark::now(&args.server_pids);
             let p = engine.phase(rate, args.seconds, 0, drain).await;
+            result.cpu = mark.spent(&args.server_pids, p.acked);
             result.send_seconds = p.seconds;
         }
     }

@@ -108,8 +108,8 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         _ => None,
     };
     let mut before = 0;
-    if let Some(a) = &idle {
-        before = rss_kib(&a.server_pids)?;
+    if idle.is_some() {
+        before = rss_kib(&args.server_pids)?;
     }
     let mut sampled: Option<(u64, u64)> = None;
     let mut parked_since: Option<tokio::time::Instant> = None;
@@ -128,7 +128,7 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         {
             let since = *parked_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= Duration::from_secs(a.settle) {
-                sampled = Some((rss_kib(&a.server_pids)?, merged.parked));
+                sampled = Some((rss_kib(&args.server_pids)?, merged.parked));
                 tokio::time::sleep(Duration::from_secs(a.hold)).await;
                 // Closing stdin tells every worker to stop holding.
                 for c in &mut children {
