@@ -56,6 +56,14 @@ pub struct Args {
     #[arg(long = "server-pid", global = true)]
     pub server_pids: Vec<u32>,
 
+    /// With --config of a cluster node: start each user's devices and
+    /// sends on the node that owns the user in the ring (every configured
+    /// peer counted live), as a consistent-hashing load balancer would, so
+    /// polls are not forwarded between nodes. Without it, users start on
+    /// node `user index mod count`.
+    #[arg(long, global = true, requires = "config")]
+    pub home_by_ring: bool,
+
     /// The target's Carrier configuration file: tokens are minted with its
     /// auth secret (as `carrier token --config FILE` does).
     #[arg(long, global = true, conflicts_with_all = ["secret", "tokens"])]

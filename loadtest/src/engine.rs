@@ -44,6 +44,36 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Connections opened at once while devices start.
     pub connect_concurrency: usize,
+    /// The ring of the target cluster, `(seed, addr)` per configured peer
+    /// (`--home-by-ring`): each user starts on the node owning it.
+    pub ring: Option<Vec<(u64, SocketAddr)>>,
+}
+
+/// The node each user's devices and sends start on: the owner of the user in
+/// `ring` (all peers live) when it is one of `nodes`, else `user mod count`.
+pub fn homes(
+    users: &[Uuid],
+    nodes: &[SocketAddr],
+    ring: Option<&[(u64, SocketAddr)]>,
+) -> Vec<usize> {
+    let n = nodes.len().max(1);
+    let seeds: Vec<u64> = ring
+        .unwrap_or_default()
+        .iter()
+        .map(|(seed, _)| *seed)
+        .collect();
+    let live = vec![true; seeds.len()];
+    users
+        .iter()
+        .enumerate()
+        .map(|(u, id)| {
+            ring.and_then(|ring| {
+                let owner = carrier::cluster::ring::owner(&seeds, &live, id.as_bytes())?;
+                nodes.iter().position(|a| *a == ring[owner].1)
+            })
+            .unwrap_or(u % n)
+        })
+        .collect()
 }
 
 /// What the oracle needs beside itself: when each send was due and who
@@ -67,6 +97,8 @@ pub struct Engine {
     pub nodes: Vec<SocketAddr>,
     /// Per user: the node its sends, receipts and setup requests go to now.
     pub sender_at: Vec<AtomicUsize>,
+    /// Per user: the node its devices start on (see [`homes`]).
+    homes: Vec<usize>,
     /// Per user: the longest send outage (see [`OutageBook`]).
     pub outages: Mutex<OutageBook>,
     /// Failed sends are retried until then (µs since `started`): the end
@@ -115,11 +147,13 @@ impl Engine {
     ) -> Arc<Engine> {
         let devices = plan.devices.len();
         let users = plan.users.len();
-        let n = nodes.len().max(1);
+        let ids: Vec<Uuid> = plan.users.iter().map(|u| u.user).collect();
+        let homes = homes(&ids, nodes, settings.ring.as_deref());
         Arc::new(Engine {
             pool: Pool::new(nodes, settings.send_conns),
             nodes: nodes.to_vec(),
-            sender_at: (0..users).map(|u| AtomicUsize::new(u % n)).collect(),
+            sender_at: homes.iter().map(|h| AtomicUsize::new(*h)).collect(),
+            homes,
             // An attempt takes at most the request timeout (a send on Nchan
             // is two requests).
             outages: Mutex::new(OutageBook::new(
@@ -156,7 +190,7 @@ impl Engine {
 
     /// The node a user's devices start on.
     pub fn home(&self, user: usize) -> usize {
-        user % self.nodes.len().max(1)
+        self.homes.get(user).copied().unwrap_or(0)
     }
 
     /// Time since the run started (the clock of the outage book).
@@ -411,5 +445,47 @@ impl Engine {
     /// Final verdict counts (after the history check).
     pub fn verdict(&self) -> Counts {
         self.books().oracle.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_start_on_their_owner_in_the_ring() {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let ids = ["n1", "n2", "n3"];
+        let ring: Vec<(u64, SocketAddr)> = ids
+            .iter()
+            .zip(8081..)
+            .map(|(id, port)| (carrier::cluster::ring::seed(id), addr(port)))
+            .collect();
+        let seeds: Vec<u64> = ring.iter().map(|r| r.0).collect();
+        let users: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+        // Targets in another order than the peers: placement goes by address.
+        let nodes = [addr(8083), addr(8081), addr(8082)];
+        let placed = homes(&users, &nodes, Some(&ring));
+        let mut per_node = [0; 3];
+        for (user, home) in users.iter().zip(&placed) {
+            let owner = carrier::cluster::ring::owner(&seeds, &[true; 3], user.as_bytes()).unwrap();
+            assert_eq!(nodes[*home], ring[owner].1);
+            per_node[*home] += 1;
+        }
+        assert!(per_node.iter().all(|n| *n > 50), "{per_node:?}");
+        // A peer that is not a target: its users fall back to index mod count.
+        let two = [addr(8081), addr(8082)];
+        let placed = homes(&users, &two, Some(&ring));
+        for (u, (user, home)) in users.iter().zip(&placed).enumerate() {
+            let owner = carrier::cluster::ring::owner(&seeds, &[true; 3], user.as_bytes()).unwrap();
+            let want = if owner == 2 { u % 2 } else { owner };
+            assert_eq!(*home, want);
+        }
+        // Without a ring: index mod count.
+        assert_eq!(homes_of(&users[..4], &nodes), vec![0, 1, 2, 0]);
+    }
+
+    fn homes_of(users: &[Uuid], nodes: &[SocketAddr]) -> Vec<usize> {
+        homes(users, nodes, None)
     }
 }

@@ -31,7 +31,24 @@ pub fn settings(args: &Args) -> Settings {
         send_conns: args.send_conns,
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         connect_concurrency: args.connect_concurrency,
+        ring: ring(args),
     }
+}
+
+/// The ring of `--config`'s cluster, for `--home-by-ring` (`run::check`
+/// has made sure the file loads and names peers).
+fn ring(args: &Args) -> Option<Vec<(u64, std::net::SocketAddr)>> {
+    if !args.home_by_ring {
+        return None;
+    }
+    let config = carrier::config::Config::load(args.config.as_deref()).ok()?;
+    let peers = config.cluster.peers;
+    Some(
+        peers
+            .iter()
+            .map(|p| (carrier::cluster::ring::seed(&p.id), p.addr))
+            .collect(),
+    )
 }
 
 /// Runs a sending scenario of `args` with `share` of its users and rate
