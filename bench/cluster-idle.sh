@@ -8,6 +8,8 @@
 #
 #   bench/cluster-idle.sh                 # NODES=6 POLLS=100000
 #   CARRIER_CLUSTER_THRIFT=127.0.0.1:PORT bench/cluster-idle.sh   # an HBase already up
+#   LEASE_MS=10000 bench/cluster-idle.sh  # longer leases (heartbeat 1 s, timeout 3 s)
+#   CONNECT=32                            # connections each tester process opens at once
 #
 # Prints the tester's summary (RSS summed over every node's pid, before and
 # after, per parked poll) and each node's own RSS. Bounded: HBase's start,
@@ -72,6 +74,9 @@ node_id = "n$i"
 peers = [
 $peers]
 TOML
+    if [ -n "${LEASE_MS:-}" ]; then
+        printf 'heartbeat_interval = 1000\nheartbeat_timeout = 3000\nlease = %s\n' "$LEASE_MS" >>"$dir/n$i.toml"
+    fi
 done
 
 ulimit -n 20000
@@ -91,7 +96,7 @@ echo "$nodes nodes ready: $targets"
 pid_args=()
 for p in "${pids[@]}"; do pid_args+=(--server-pid "$p"); done
 timeout 900 "$bin/carrier-loadtest" --target "$targets" --config "$dir/n1.toml" --home-by-ring \
-    --quiet "${pid_args[@]}" --poll-timeout 55 --request-timeout 30 idle --polls "$polls" --settle 10 || true
+    --quiet "${pid_args[@]}" --connect-concurrency "${CONNECT:-32}" --poll-timeout 55 --request-timeout 30 idle --polls "$polls" --settle 10 || true
 for i in $(seq "$nodes"); do
     echo "n$i: $(grep VmRSS "/proc/${pids[$((i - 1))]}/status" | tr -s ' ')"
 done

@@ -308,3 +308,37 @@ async fn a_single_target_has_no_failovers_and_no_outage() {
     assert_eq!(r.send_outage.users_with_outage, 0, "{}", r.table());
     assert_eq!(r.send_outage.max_ms, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_parks_an_odd_number_of_polls() {
+    let node = node().await;
+    let pid = std::process::id().to_string();
+    let target = node.addr.to_string();
+    let argv = [
+        "carrier-loadtest",
+        "--target",
+        &target,
+        "--secret",
+        SECRET,
+        "--quiet",
+        "--server-pid",
+        &pid,
+        "idle",
+        "--polls",
+        "7",
+        "--settle",
+        "0",
+    ];
+    let args = Args::try_parse_from(argv).unwrap();
+    let crate::cli::Scenario::Idle(a) = &args.scenario else {
+        panic!("idle")
+    };
+    let tokens = Tokens::Mint(carrier::auth::Auth::new(SECRET.as_bytes()));
+    let r = crate::idle::run(&args, a, &tokens, 7, true).await.unwrap();
+    node.shutdown().await;
+    // `chat` plans pair users; an odd count must not lose one.
+    let idle = r.idle.as_ref().expect("idle figures");
+    assert_eq!(idle.polls, 7, "{}", r.table());
+    assert_eq!(r.devices, 7);
+    assert!(r.aborted.is_none(), "{}", r.table());
+}

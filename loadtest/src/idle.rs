@@ -45,7 +45,8 @@ pub async fn run(
 ) -> anyhow::Result<RunResult> {
     let mut target = Target::new(args.peer);
     target.sender_copy = args.nchan_sender_copy;
-    let mut plan = Plan::chat(tokens, polls.max(2), 1);
+    // `chat` pairs users, so ask for one more than an odd count.
+    let mut plan = Plan::chat(tokens, polls + 1, 1);
     plan.convs.clear();
     plan.devices.truncate(polls);
     let engine = Engine::new(

@@ -113,6 +113,7 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
     }
     let mut sampled: Option<(u64, u64)> = None;
     let mut parked_since: Option<tokio::time::Instant> = None;
+    let mut most_parked = (0, tokio::time::Instant::now());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.max_seconds);
     loop {
         let next = tokio::time::timeout_at(deadline, rx.recv()).await;
@@ -123,8 +124,15 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         }
         let merged = merge_samples(&latest);
         progress.set(&crate::progress::line(merged.p99_ms, &merged));
+        // All parked, or no more parking for a request timeout (then the
+        // figure counts what did park, and the run is marked short below).
+        if merged.parked > most_parked.0 {
+            most_parked = (merged.parked, tokio::time::Instant::now());
+        }
+        let stalled = merged.parked > 0
+            && most_parked.1.elapsed() >= Duration::from_secs(args.request_timeout.max(1));
         if let (Some(a), None) = (&idle, sampled)
-            && merged.parked as usize >= a.polls
+            && (merged.parked as usize >= a.polls || stalled)
         {
             let since = *parked_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= Duration::from_secs(a.settle) {
@@ -152,6 +160,11 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         idle.rss_after_kib = after;
         idle.polls = parked;
         idle.kib_per_poll = per_poll(before, after, parked);
+        let wanted = args.scenario.sockets(0) as u64;
+        if parked < wanted {
+            merged.aborted = Some(format!("only {parked} of {wanted} polls parked"));
+            merged.clean = false;
+        }
     } else if idle.is_some() {
         merged.aborted = Some("the polls never all parked".into());
         merged.clean = false;
