@@ -56,15 +56,11 @@ impl Mark {
     pub fn spent(&self, server_pids: &[u32], acked: u64) -> CpuUse {
         let now = Mark::now(server_pids);
         let diff = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0));
-        let per = |s: Option<f64>| s.filter(|_| acked > 0).map(|s| s * 1e6 / acked as f64);
-        let server = diff(self.server, now.server);
-        let tool = diff(self.tool, now.tool);
-        CpuUse {
-            server_seconds: server,
-            server_us_per_message: per(server),
-            tool_seconds: tool,
-            tool_us_per_message: per(tool),
-        }
+        CpuUse::of(
+            diff(self.server, now.server),
+            diff(self.tool, now.tool),
+            acked,
+        )
     }
 }
 
@@ -78,19 +74,24 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// Both phases' CPU, per message over both.
-    pub fn add(&self, other: &CpuUse, acked_self: u64, acked_other: u64) -> CpuUse {
-        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
-        let acked = acked_self + acked_other;
+    fn of(server: Option<f64>, tool: Option<f64>, acked: u64) -> CpuUse {
         let per = |s: Option<f64>| s.filter(|_| acked > 0).map(|s| s * 1e6 / acked as f64);
-        let server = sum(self.server_seconds, other.server_seconds);
-        let tool = sum(self.tool_seconds, other.tool_seconds);
         CpuUse {
             server_seconds: server,
             server_us_per_message: per(server),
             tool_seconds: tool,
             tool_us_per_message: per(tool),
         }
+    }
+
+    /// Both phases' CPU, per message over both.
+    pub fn add(&self, other: &CpuUse, acked_self: u64, acked_other: u64) -> CpuUse {
+        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        CpuUse::of(
+            sum(self.server_seconds, other.server_seconds),
+            sum(self.tool_seconds, other.tool_seconds),
+            acked_self + acked_other,
+        )
     }
 
     /// "server 12.3 s (171 µs per acked message), tool 9.8 s (136 µs)".
