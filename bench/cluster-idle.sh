@@ -21,12 +21,15 @@ nodes=${NODES:-6}
 polls=${POLLS:-100000}
 base=${BASE_PORT:-18180}
 dir=$(mktemp -d)
-hbase_pid=
 pids=()
+# HBase's start, wait and stop come from the cluster example's library.
+# shellcheck source=config/cluster/start.sh
+source config/cluster/start.sh
+CLUSTER_DIR=$dir
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    [ -n "$hbase_pid" ] && kill -TERM "$hbase_pid" 2>/dev/null && wait "$hbase_pid" 2>/dev/null
+    cluster_stop_hbase
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -34,19 +37,9 @@ trap cleanup EXIT
 cargo build --release -q -p carrier -p loadtest
 bin=$PWD/target/release
 
-thrift=${CARRIER_CLUSTER_THRIFT:-}
-if [ -z "$thrift" ]; then
-    tests/hbase/start.sh >"$dir/hbase.out" 2>"$dir/hbase.err" &
-    hbase_pid=$!
-    for _ in $(seq 300); do
-        thrift=$(grep -m1 -E '^127\.0\.0\.1:[0-9]+$' "$dir/hbase.out" || true)
-        [ -n "$thrift" ] && break
-        kill -0 "$hbase_pid" 2>/dev/null || { tail -20 "$dir/hbase.err"; exit 1; }
-        sleep 1
-    done
-    [ -n "$thrift" ] || { echo "HBase did not start"; tail -20 "$dir/hbase.err"; exit 1; }
-fi
-echo "HBase Thrift at $thrift"
+cluster_start_hbase
+cluster_await_hbase
+thrift=$CLUSTER_THRIFT
 
 head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
 peers=""

@@ -96,19 +96,19 @@ impl CpuUse {
 
     /// "server 12.3 s (171 µs per acked message), tool 9.8 s (136 µs)".
     pub fn text(&self) -> String {
-        let part = |s: Option<f64>, per: Option<f64>| match (s, per) {
+        let part = |s: Option<f64>, per: Option<f64>, missing: &str| match (s, per) {
             (Some(s), Some(per)) => format!("{s:.1} s ({per:.0} µs per acked message)"),
             (Some(s), None) => format!("{s:.1} s"),
-            _ => "not measured".into(),
+            (None, _) => missing.into(),
         };
         format!(
             "server {}, tool {}",
-            if self.server_seconds.is_some() {
-                part(self.server_seconds, self.server_us_per_message)
-            } else {
-                "not measured (give --server-pid)".into()
-            },
-            part(self.tool_seconds, self.tool_us_per_message)
+            part(
+                self.server_seconds,
+                self.server_us_per_message,
+                "not measured (give --server-pid)"
+            ),
+            part(self.tool_seconds, self.tool_us_per_message, "not measured")
         )
     }
 }

@@ -482,10 +482,6 @@ mod tests {
             assert_eq!(*home, want);
         }
         // Without a ring: index mod count.
-        assert_eq!(homes_of(&users[..4], &nodes), vec![0, 1, 2, 0]);
-    }
-
-    fn homes_of(users: &[Uuid], nodes: &[SocketAddr]) -> Vec<usize> {
-        homes(users, nodes, None)
+        assert_eq!(homes(&users[..4], &nodes, None), vec![0, 1, 2, 0]);
     }
 }

@@ -39,18 +39,7 @@ pub fn check(args: &Args) -> Result<(), String> {
     if matches!(args.scenario, Scenario::Idle(_)) && args.server_pids.is_empty() {
         return Err("idle needs --server-pid PID (the server whose memory it samples)".into());
     }
-    if args.home_by_ring {
-        let config = args
-            .config
-            .as_deref()
-            .map(|p| carrier::config::Config::load(Some(p)).map_err(|e| e.to_string()))
-            .transpose()?;
-        if config.is_none_or(|c| c.cluster.peers.len() < 2) {
-            return Err(
-                "--home-by-ring needs --config of a cluster node (with [cluster] peers)".into(),
-            );
-        }
-    }
+    scenario::ring(args)?;
     if args.seconds <= 0.0 || args.max_seconds == 0 {
         return Err("--seconds and --max-seconds must be positive".into());
     }

@@ -31,24 +31,31 @@ pub fn settings(args: &Args) -> Settings {
         send_conns: args.send_conns,
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         connect_concurrency: args.connect_concurrency,
-        ring: ring(args),
+        // `run::check` has already refused a ring that does not load.
+        ring: ring(args).ok().flatten(),
     }
 }
 
-/// The ring of `--config`'s cluster, for `--home-by-ring` (`run::check`
-/// has made sure the file loads and names peers).
-fn ring(args: &Args) -> Option<Vec<(u64, std::net::SocketAddr)>> {
+/// The ring of `--config`'s cluster, for `--home-by-ring`: `(seed, addr)`
+/// per configured peer.
+pub fn ring(args: &Args) -> Result<Option<Vec<(u64, std::net::SocketAddr)>>, String> {
     if !args.home_by_ring {
-        return None;
+        return Ok(None);
     }
-    let config = carrier::config::Config::load(args.config.as_deref()).ok()?;
-    let peers = config.cluster.peers;
-    Some(
-        peers
+    let refused = || "--home-by-ring needs --config of a cluster node (with [cluster] peers)";
+    let path = args.config.as_deref().ok_or_else(refused)?;
+    let config = carrier::config::Config::load(Some(path)).map_err(|e| e.to_string())?;
+    if config.cluster.peers.len() < 2 {
+        return Err(refused().into());
+    }
+    Ok(Some(
+        config
+            .cluster
+            .peers
             .iter()
             .map(|p| (carrier::cluster::ring::seed(&p.id), p.addr))
             .collect(),
-    )
+    ))
 }
 
 /// Runs a sending scenario of `args` with `share` of its users and rate

@@ -155,12 +155,12 @@ pub async fn run(args: &Args, n: usize) -> anyhow::Result<RunResult> {
         merged.aborted = Some(format!("{} of {n} workers gave no result", n - got.len()));
         merged.clean = false;
     }
+    let wanted = idle.as_ref().map_or(0, |a| a.polls) as u64;
     if let (Some(idle), Some((after, parked))) = (merged.idle.as_mut(), sampled) {
         idle.rss_before_kib = before;
         idle.rss_after_kib = after;
         idle.polls = parked;
         idle.kib_per_poll = per_poll(before, after, parked);
-        let wanted = args.scenario.sockets(0) as u64;
         if parked < wanted {
             merged.aborted = Some(format!("only {parked} of {wanted} polls parked"));
             merged.clean = false;
