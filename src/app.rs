@@ -94,6 +94,10 @@ pub async fn serve(
         },
         holds: HoldTimes::new(config.poll.jitter_percent, config.poll.learn_cuts),
         send_rate: SendRate::new(config.limits.send_rate, config.limits.send_burst),
+        group_rate: SendRate::new(
+            config.limits.group_change_rate,
+            config.limits.group_change_burst,
+        ),
         cors: config.cors.clone(),
         demo: config.demo.enabled,
     });
@@ -164,13 +168,9 @@ impl Node {
                 .map_err(|e| StoreError::Unavailable(format!("store metrics: {e}")))?;
         }
         let node_key = node_key(&config.cluster.node_id);
-        // Nodes sign their pushes with the shared secret; a single node
-        // never pushes, and does not need one here.
-        let secret = if config.cluster.is_multi_node() {
-            config.secret()?
-        } else {
-            Vec::new()
-        };
+        // Calls between nodes are signed with a key derived from the secret
+        // (a single node takes no such call, but never an empty key either).
+        let secret = config.secret()?;
         let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
         let deliveries = Arc::new(Deliveries::default());
         let pending = Arc::new(Pending::default());

@@ -72,6 +72,14 @@ impl ConversationId {
     }
 }
 
+impl GroupId {
+    /// Whether this id has the shape of a direct conversation's (UUIDv5).
+    /// No group may have one: the two kinds of id must never meet.
+    pub fn is_direct_shaped(&self) -> bool {
+        self.0.get_version_num() == 5
+    }
+}
+
 impl From<GroupId> for ConversationId {
     fn from(g: GroupId) -> Self {
         ConversationId(g.0)

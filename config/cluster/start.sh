@@ -164,7 +164,7 @@ cluster_stop_hbase() {
 # ---------------------------------------------------------------- configs
 # Writes $CLUSTER_DIR/nN.toml from the templates: ports moved to
 # CLUSTER_BASE_PORT+N, the real Thrift address, the per-run table prefix,
-# secret_file instead of the example secret, per-run data folders. Fails if a
+# a per-run secret_file and metrics token, per-run data folders. Fails if a
 # template lacks a line it must change (so a changed template is noticed).
 cluster_write_configs() {
     local templates=${CLUSTER_TEMPLATES:-$CLUSTER_ROOT/config/cluster}
@@ -172,6 +172,7 @@ cluster_write_configs() {
     local -a moves=()
     CLUSTER_PREFIX="c$(date +%s)_$$_"
     head -c 48 /dev/urandom | base64 -w0 >"$CLUSTER_DIR/secret" || return 1
+    CLUSTER_METRICS_TOKEN=$(head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_')
     chmod 600 "$CLUSTER_DIR/secret" || return 1
     for i in 1 2 3; do
         moves+=(-e "s/127\\.0\\.0\\.1:808$i\\b/127.0.0.1:$((base + i))/g")
@@ -184,11 +185,11 @@ cluster_write_configs() {
         port=$((base + i))
         [ -r "$src" ] || { _cluster_say "cannot read $src"; return 1; }
         local want
-        for want in '^listen = ' '^secret = ' '^path = ' '^thrift = ' '^table_prefix = ' "^node_id = \"$n\""; do
+        for want in '^listen = ' '^secret_file = ' '^path = ' '^thrift = ' '^table_prefix = ' "^node_id = \"$n\""; do
             grep -q "$want" "$src" || { _cluster_say "$src has no line matching '$want'"; return 1; }
         done
         sed "${moves[@]}" \
-            -e "s|^secret = .*|secret_file = \"$CLUSTER_DIR/secret\"|" \
+            -e "s|^secret_file = .*|secret_file = \"$CLUSTER_DIR/secret\"\nmetrics_token = \"$CLUSTER_METRICS_TOKEN\"|" \
             -e "s|^path = .*|path = \"$CLUSTER_DIR/data-$n\"|" \
             -e "s|^thrift = .*|thrift = \"$CLUSTER_THRIFT\"|" \
             -e "s|^table_prefix = .*|table_prefix = \"$CLUSTER_PREFIX\"|" \

@@ -15,18 +15,22 @@
 
 pub mod client;
 pub mod lease;
+pub mod peer_api;
 pub mod ring;
+pub mod signing;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use tokio::sync::watch;
 
 pub use ring::View;
+pub use signing::{Claim, SignatureError};
+
+use signing::Signer;
 
 use crate::config::ClusterConfig;
 
@@ -72,7 +76,8 @@ pub struct Cluster {
     /// of the lease after its last renewal began. Peers wait the whole
     /// lease, counted from when they saw that renewal, before taking over.
     writable_until_ms: AtomicU64,
-    mac: Hmac<Sha256>,
+    /// Signs and checks calls between nodes (`signing.rs`).
+    signer: Signer,
     pub settings: Settings,
     pub client: client::PeerClient,
 }
@@ -85,7 +90,8 @@ pub enum Route<'a> {
 
 impl Cluster {
     /// The ring from `[cluster]`; `listen` is this node's address when no
-    /// peers are configured.
+    /// peers are configured. `secret` is the configured secret: the key
+    /// that signs calls between nodes is derived from it.
     pub fn new(config: &ClusterConfig, listen: SocketAddr, secret: &[u8]) -> Arc<Cluster> {
         let mut peers: Vec<Peer> = config
             .peers
@@ -122,7 +128,6 @@ impl Cluster {
             forward_timeout: config.forward_timeout,
         };
         let multi = peers.len() > 1;
-        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
         Arc::new(Cluster {
             client: client::PeerClient::new(),
             peers,
@@ -138,7 +143,7 @@ impl Cluster {
             settled_epoch: AtomicU64::new(1),
             origin: Instant::now(),
             writable_until_ms: AtomicU64::new(0),
-            mac,
+            signer: Signer::new(secret),
             settings,
         })
     }
@@ -319,21 +324,25 @@ impl Cluster {
         self.changes.subscribe()
     }
 
-    /// The signature of an internal call's body.
-    pub fn sign(&self, body: &[u8]) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(body);
-        hex(&mac.finalize().into_bytes())
+    /// The signature header of a call from this node.
+    pub fn sign_call(&self, method: &str, path: &str, content: &[u8]) -> String {
+        self.signer.sign(&self.me().id, method, path, content)
     }
 
-    /// Checks a signature in constant time.
-    pub fn verify(&self, body: &[u8], signature: &str) -> bool {
-        let Some(bytes) = unhex(signature) else {
-            return false;
-        };
-        let mut mac = self.mac.clone();
-        mac.update(body);
-        mac.verify_slice(&bytes).is_ok()
+    /// Checks the head of a call signed by a peer. A single node has no
+    /// peers, so it refuses every signature: nothing may pose as one.
+    pub fn check_call(
+        &self,
+        value: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<Claim, SignatureError> {
+        if !self.multi {
+            return Err(SignatureError::UnknownNode);
+        }
+        let me = &self.me().id;
+        let known = |node: &str| node != me && self.peers.iter().any(|p| p.id == node);
+        self.signer.check(value, method, path, known)
     }
 }
 
@@ -348,20 +357,6 @@ pub fn node_key(node_id: &str) -> [u8; 8] {
     let mut key = [0u8; 8];
     key.copy_from_slice(&digest[..8]);
     key
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -441,15 +436,30 @@ mod tests {
     }
 
     #[test]
-    fn signatures_check_body_and_secret() {
-        let a = three("n1");
-        let sig = a.sign(b"body");
-        assert!(a.verify(b"body", &sig));
-        assert!(!a.verify(b"bodx", &sig));
-        assert!(!a.verify(b"body", "zz"));
-        let config = ClusterConfig::default();
-        let other = Cluster::new(&config, SocketAddr::from(([127, 0, 0, 1], 1)), b"another");
-        assert!(!other.verify(b"body", &sig));
+    fn peers_check_each_others_calls_and_nobody_else_does() {
+        let (n1, n2) = (three("n1"), three("n2"));
+        let value = n1.sign_call("POST", "/internal/v1/wake", b"body");
+        let claim = n2
+            .check_call(&value, "POST", "/internal/v1/wake")
+            .expect("a peer's call");
+        assert_eq!(claim.node, "n1");
+        assert!(claim.covers(b"body").is_ok());
+        // A node does not take its own calls, nor a single node anyone's.
+        assert_eq!(
+            n1.check_call(&value, "POST", "/internal/v1/wake")
+                .unwrap_err(),
+            SignatureError::UnknownNode
+        );
+        let one = Cluster::new(
+            &ClusterConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            b"a secret",
+        );
+        let forged = one.sign_call("POST", "/internal/v1/wake", b"body");
+        assert!(
+            one.check_call(&forged, "POST", "/internal/v1/wake")
+                .is_err()
+        );
     }
 
     #[test]

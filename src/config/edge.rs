@@ -74,6 +74,12 @@ impl Config {
                 "must be at least 1 when limits.send_rate is set".to_owned(),
             );
         }
+        if limits.group_change_rate > 0 && limits.group_change_burst == 0 {
+            return invalid(
+                "limits.group_change_burst",
+                "must be at least 1 when limits.group_change_rate is set".to_owned(),
+            );
+        }
         if self.poll.jitter_percent > 50 {
             return invalid("poll.jitter_percent", "must be at most 50".to_owned());
         }

@@ -73,6 +73,55 @@ pub struct AuthConfig {
     pub metrics_token: Option<String>,
 }
 
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                file: None,
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "auth.secret",
+                    "set either `auth.secret` or `auth.secret_file`, not both".to_owned(),
+                );
+            }
+            // The length only: the secret itself never appears in a message.
+            (Some(s), None) if s.len() < MIN_SECRET_BYTES => {
+                return invalid(
+                    "auth.secret",
+                    format!(
+                        "the secret is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                        s.len()
+                    ),
+                );
+            }
+            (Some(s), None) if secret::is_placeholder(s.as_bytes()) => {
+                return invalid("auth.secret", secret::PLACEHOLDER_REASON.to_owned());
+            }
+            (None, Some(p)) if p.as_os_str().is_empty() => {
+                return invalid("auth.secret_file", "must not be empty".to_owned());
+            }
+            _ => {}
+        }
+        // An empty token would look like a guard and let everyone in.
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return invalid(
+                "auth.metrics_token",
+                "must not be empty: remove the key to leave /metrics open".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Written by hand so that logging a [`Config`] never prints the secret.
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -289,6 +338,11 @@ pub struct LimitsConfig {
     pub send_rate: u32,
     /// Sends one user may make at once above the rate.
     pub send_burst: u32,
+    /// Group creations and member changes per second one user may make, on
+    /// average; 0: no limit.
+    pub group_change_rate: u32,
+    /// Group creations and member changes one user may make at once.
+    pub group_change_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -304,6 +358,8 @@ impl Default for LimitsConfig {
             max_query_bytes: 4096,
             send_rate: 0,
             send_burst: 50,
+            group_change_rate: 1,
+            group_change_burst: 20,
         }
     }
 }
@@ -417,28 +473,7 @@ impl Config {
             })
         };
 
-        match (&self.auth.secret, &self.auth.secret_file) {
-            (Some(_), Some(_)) => {
-                return invalid(
-                    "auth.secret",
-                    "set either `auth.secret` or `auth.secret_file`, not both".to_owned(),
-                );
-            }
-            // The length only: the secret itself never appears in a message.
-            (Some(s), None) if s.len() < MIN_SECRET_BYTES => {
-                return invalid(
-                    "auth.secret",
-                    format!(
-                        "the secret is {} bytes; at least {MIN_SECRET_BYTES} are needed",
-                        s.len()
-                    ),
-                );
-            }
-            (None, Some(p)) if p.as_os_str().is_empty() => {
-                return invalid("auth.secret_file", "must not be empty".to_owned());
-            }
-            _ => {}
-        }
+        self.auth.validate()?;
 
         if self.storage.path.as_os_str().is_empty() {
             return invalid("storage.path", "must not be empty".to_owned());

@@ -31,7 +31,38 @@ pub(super) fn read_secret_file(path: &Path, what: &'static str) -> Result<Vec<u8
             len: bytes.len(),
         });
     }
+    if is_placeholder(&bytes) {
+        return Err(ConfigError::Invalid {
+            file: Some(path.to_owned()),
+            key: "auth.secret_file".to_owned(),
+            reason: PLACEHOLDER_REASON.to_owned(),
+        });
+    }
     Ok(bytes)
+}
+
+/// Why a secret that looks like a sample's is refused.
+pub(super) const PLACEHOLDER_REASON: &str = "this is a published example secret: anyone could \
+     sign tokens with it; use at least 32 random bytes (e.g. `head -c 48 /dev/urandom | base64`)";
+
+/// Whether `secret` is one the project ever published, or reads like a
+/// placeholder someone forgot to replace.
+pub(super) fn is_placeholder(secret: &[u8]) -> bool {
+    const PUBLISHED: [&[u8]; 2] = [
+        b"change me: at least 32 bytes of random text",
+        b"EXAMPLE-ONLY-shared-cluster-secret-replace-me-0123456789",
+    ];
+    const WORDS: [&str; 5] = [
+        "change me",
+        "changeme",
+        "change-me",
+        "replace-me",
+        "replace me",
+    ];
+    let lower = String::from_utf8_lossy(secret).to_ascii_lowercase();
+    PUBLISHED.contains(&secret)
+        || WORDS.iter().any(|w| lower.contains(w))
+        || lower.starts_with("example")
 }
 
 /// How errors name the generated secret file.

@@ -35,7 +35,7 @@ fn reference_file_loads() {
 fn minimal_file_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/minimal.toml");
     let config = Config::load(Some(&path)).unwrap();
-    assert!(config.auth.secret.is_some());
+    assert!(config.auth.secret_file.is_some());
 }
 
 #[test]
@@ -318,4 +318,59 @@ fn concurrent_first_uses_agree_on_one_secret() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(secrets.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn an_empty_metrics_token_is_refused() {
+    for token in ["\"\"", "\"  \""] {
+        assert_eq!(
+            invalid_key(&format!("[auth]\nmetrics_token = {token}\n")),
+            "auth.metrics_token"
+        );
+    }
+}
+
+#[test]
+fn published_and_placeholder_secrets_are_refused() {
+    for secret in [
+        "change me: at least 32 bytes of random text",
+        "EXAMPLE-ONLY-shared-cluster-secret-replace-me-0123456789",
+        "please CHANGEME to something random, ok?",
+    ] {
+        assert_eq!(
+            invalid_key(&format!("[auth]\nsecret = {secret:?}\n")),
+            "auth.secret"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(
+        &file,
+        "EXAMPLE-ONLY-shared-cluster-secret-replace-me-0123456789\n",
+    )
+    .unwrap();
+    let mut config = Config::default();
+    config.auth.secret_file = Some(file);
+    assert!(config.secret().is_err());
+}
+
+#[test]
+fn no_shipped_sample_carries_a_secret() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let samples = [
+        "carrier.toml",
+        "minimal.toml",
+        "hbase.toml",
+        "cluster/n1.toml",
+        "cluster/n2.toml",
+        "cluster/n3.toml",
+    ];
+    for sample in samples {
+        let text = std::fs::read_to_string(root.join(sample)).unwrap();
+        let config: toml::Value = toml::from_str(&text).unwrap();
+        assert!(
+            config.get("auth").and_then(|a| a.get("secret")).is_none(),
+            "{sample} ships a secret anyone could sign tokens with"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::json;
 
 use super::response::{Response, json_response};
@@ -30,13 +30,17 @@ pub enum ApiError {
     #[error("{0}")]
     PeerUnavailable(String),
     /// An internal call without a valid signature.
-    #[error("bad or missing signature")]
-    BadSignature,
+    #[error("{0}")]
+    BadSignature(crate::cluster::SignatureError),
+    /// The request head is over `limits.max_header_bytes`.
+    #[error("the request head is over the limit of {0} bytes")]
+    HeadTooLarge(usize),
     #[error("the request body is over the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    /// The user's send rate limit; the client may retry after the wait.
-    #[error("too many sends; retry in {} s", retry_secs(*.0))]
-    RateLimited(std::time::Duration),
+    /// A per-user rate limit (of what, and how long to wait); the client
+    /// may retry after the wait.
+    #[error("too many {0}; retry in {secs} s", secs = retry_secs(*.1))]
+    RateLimited(&'static str, std::time::Duration),
     #[error(transparent)]
     Service(#[from] service::Error),
 }
@@ -56,9 +60,13 @@ impl ApiError {
             ApiError::UnknownRoute => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::RateLimited(..) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::PeerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::BadSignature => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadSignature(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::HeadTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+            ),
             ApiError::Service(e) => match e {
                 S::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
                 S::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
@@ -99,8 +107,22 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::RateLimited(wait) => {
+            ApiError::RateLimited(_, wait) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
+            }
+            // RFC 6750, section 3: a 401 names the scheme, and says
+            // `invalid_token` when one was given but refused.
+            ApiError::Unauthorized(AuthError::Missing) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="carrier""#),
+                );
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="carrier", error="invalid_token""#),
+                );
             }
             _ if status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE =>

@@ -35,23 +35,26 @@ const ANSWER_HEADERS: [&str; 6] = [
     "x-accel-buffering",
 ];
 
-/// Whether the request was passed on by a peer: its `x-carrier-hop` is
-/// `<node id> <signature of method and path>`, so a client cannot pose as
-/// a peer (forwarded requests skip the send rate limit, taken at the edge).
+/// Whether the request was passed on by a peer: its `x-carrier-hop` is a
+/// peer's signature (`cluster/signing.rs`) of the method, the path and
+/// query, and the client's `Authorization`, so a client cannot pose as a
+/// peer (forwarded requests skip the send rate limit, taken at the edge),
+/// and a captured hop serves no other user and expires. A single node
+/// takes none.
 pub(super) fn is_hop(ctx: &Ctx, req: &hyper::Request<hyper::body::Incoming>) -> bool {
     // Most requests carry no hop: nothing is built for them.
     let Some(value) = req.headers().get(HOP).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some((node, signature)) = value.split_once(' ') else {
-        return false;
-    };
-    let text = hop_text(node, req.method(), &path_and_query(req.uri()));
-    ctx.service.cluster().verify(text.as_bytes(), signature)
-}
-
-fn hop_text(node: &str, method: &Method, path_and_query: &str) -> String {
-    format!("{node} {method} {path_and_query}")
+    let authorization = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map_or(&b""[..], |v| v.as_bytes());
+    ctx.service
+        .cluster()
+        .check_call(value, req.method().as_str(), &path_and_query(req.uri()))
+        .and_then(|claim| claim.covers(authorization))
+        .is_ok()
 }
 
 /// The peer to pass a request for `key` to, or `None` to serve it here.
@@ -82,11 +85,14 @@ pub(super) struct Outgoing<'a> {
 
 pub(super) async fn forward(ctx: &Ctx, out: Outgoing<'_>) -> Result<Response, ApiError> {
     let cluster = ctx.service.cluster();
-    let me = &cluster.me().id;
-    let signature = cluster.sign(hop_text(me, &out.method, &out.path_and_query).as_bytes());
-    let me = HeaderValue::from_str(&format!("{me} {signature}"))
+    let authorization = out
+        .authorization
+        .as_ref()
+        .map_or(&b""[..], |v| v.as_bytes());
+    let signature = cluster.sign_call(out.method.as_str(), &out.path_and_query, authorization);
+    let hop = HeaderValue::from_str(&signature)
         .map_err(|_| ApiError::PeerUnavailable("this node's id is not a header value".into()))?;
-    let mut headers = vec![(HeaderName::from_static(HOP), me)];
+    let mut headers = vec![(HeaderName::from_static(HOP), hop)];
     if let Some(auth) = out.authorization {
         headers.push((AUTHORIZATION, auth));
     }

@@ -20,12 +20,26 @@ fn group_id(id: &str) -> Result<GroupId, ApiError> {
         .map_err(|_| ApiError::field("the group id in the path must be a UUID"))
 }
 
+/// Anyone may put anyone in a group, as anyone may message anyone: a
+/// per-user budget of creations and member changes keeps that from being
+/// a spam channel without limits (docs/security.md).
+fn take_group_change(ctx: &Ctx, user: UserId) -> Result<(), ApiError> {
+    ctx.group_rate.take(user).map_err(|wait| {
+        ctx.service.metrics().sends_rate_limited.inc();
+        ApiError::RateLimited("group changes", wait)
+    })
+}
+
 pub(super) async fn create(
     ctx: &Ctx,
     user: UserId,
     hop: bool,
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
+    // Taken where the client came in, not again at the owner.
+    if !hop {
+        take_group_change(ctx, user)?;
+    }
     let held = Held::of(&req);
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let fields = Fields::parse(&body)?;
@@ -83,6 +97,9 @@ pub(super) async fn change(
     req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let g = group_id(id)?;
+    // Member changes always run on the group's owner (the router passed
+    // them on): taken there, once.
+    take_group_change(ctx, user)?;
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let fields = Fields::parse(&body)?;
     let change = ChangeMembers {

@@ -11,8 +11,9 @@ use super::Ctx;
 use super::error::ApiError;
 use super::request::read_body;
 use super::response::{Response, no_content};
+use crate::cluster::peer_api::SIGNATURE_HEADER;
 use crate::service::fanout::parse_wake;
-use crate::service::outbox::{SIGNATURE_HEADER, decode};
+use crate::service::outbox::decode;
 
 /// A push holds at most one outbox round (512 entries of bounded events).
 const MAX_PUSH_BYTES: usize = 64 << 20;
@@ -20,23 +21,35 @@ const MAX_PUSH_BYTES: usize = 64 << 20;
 /// A wake names one stream and a place in it.
 const MAX_WAKE_BYTES: usize = 64;
 
-/// The body of a signed call, once its signature checks.
+/// The body of a signed call. The signature's head is checked before a
+/// byte of the body is read, so only a peer can make this node buffer one.
 async fn signed_body(
     ctx: &Ctx,
     req: Request<Incoming>,
     max: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    let signature = req
+    let claim = check_signature(ctx, &req)?;
+    let body = read_body(req, max, ctx.limits.body_timeout).await?;
+    claim.covers(&body).map_err(ApiError::BadSignature)?;
+    Ok(body)
+}
+
+/// The signature on a call from a peer, its head checked.
+pub(super) fn check_signature(
+    ctx: &Ctx,
+    req: &Request<Incoming>,
+) -> Result<crate::cluster::Claim, ApiError> {
+    let value = req
         .headers()
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or(ApiError::BadSignature)?;
-    let body = read_body(req, max, ctx.limits.body_timeout).await?;
-    if !ctx.service.cluster().verify(&body, &signature) {
-        return Err(ApiError::BadSignature);
-    }
-    Ok(body)
+        .ok_or(ApiError::BadSignature(
+            crate::cluster::SignatureError::Malformed,
+        ))?;
+    ctx.service
+        .cluster()
+        .check_call(value, req.method().as_str(), req.uri().path())
+        .map_err(ApiError::BadSignature)
 }
 
 pub(super) async fn wake(ctx: &Ctx, req: Request<Incoming>) -> Result<Response, ApiError> {

@@ -22,7 +22,7 @@ pub(super) async fn send(
     // Taken where the client came in, not again at the owner.
     if !hop && let Err(wait) = ctx.send_rate.take(user) {
         ctx.service.metrics().sends_rate_limited.inc();
-        return Err(ApiError::RateLimited(wait));
+        return Err(ApiError::RateLimited("sends", wait));
     }
     let held = Held::of(&req);
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub holds: HoldTimes,
     /// The per-user send rate limit.
     pub send_rate: SendRate,
+    /// Group creations and member changes per user.
+    pub group_rate: SendRate,
     pub cors: CorsConfig,
     /// Whether `/demo` serves the demo chat page.
     pub demo: bool,
@@ -64,10 +66,16 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// A client must send its whole body within this time.
     pub body_timeout: Duration,
-    /// Largest request head; hyper answers `431` beyond it.
+    /// Largest request head: `431` beyond it.
     pub max_header_bytes: usize,
     /// Longest query string.
     pub max_query_bytes: usize,
+}
+
+/// Where hyper stops reading a head: twice the configured limit, and at
+/// least 16 KiB above it.
+fn hard_head_limit(max_header_bytes: usize) -> usize {
+    (max_header_bytes * 2).max(max_header_bytes + 16 * 1024)
 }
 
 /// Serves connections until `shutdown` fires, then waits (at most `grace`)
@@ -83,8 +91,11 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(ctx.limits.header_timeout)
         .keep_alive(true)
-        .max_header_size(ctx.limits.max_header_bytes)
-        .max_buf_size(64 * 1024);
+        // hyper's own limit, past which it answers a bare `431`, sits well
+        // above ours: heads between the two get the contract's error shape
+        // from the router.
+        .max_header_size(hard_head_limit(ctx.limits.max_header_bytes))
+        .max_buf_size((hard_head_limit(ctx.limits.max_header_bytes) + 8192).max(64 * 1024));
 
     loop {
         let (stream, _) = tokio::select! {

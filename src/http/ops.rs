@@ -28,54 +28,57 @@ pub(super) async fn readyz(ctx: &Ctx) -> Response {
     }
 }
 
-/// `GET /v1/cluster`: the ring as this node sees it (an extension).
-pub(super) fn cluster(ctx: &Ctx) -> Response {
-    let cluster = ctx.service.cluster();
-    let serving = cluster.serving();
-    let newest = cluster.newest();
-    let peers: Vec<_> = cluster
-        .peers()
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            json!({
-                "id": p.id,
-                "addr": p.addr.to_string(),
-                "state": if serving.live[i] { "up" } else { "down" },
-                "lease": if newest.live[i] { "held" } else { "lapsed" },
-            })
-        })
-        .collect();
-    json_value(
-        StatusCode::OK,
-        &json!({
-            "node_id": cluster.me().id,
-            "joined": cluster.joined(),
-            "settled": cluster.settled(),
-            "epoch": serving.epoch,
-            "peers": peers,
-        }),
-    )
+/// `GET /v1/cluster`: the ring as this node sees it (an extension), for
+/// peers (signed) and operators (the metrics token). It names peers and
+/// their addresses, so strangers get `401`.
+pub(super) fn cluster(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response, ApiError> {
+    let by_peer = super::internal::check_signature(ctx, req)
+        .and_then(|claim| claim.covers(b"").map_err(ApiError::BadSignature))
+        .is_ok();
+    if !by_peer {
+        operator(ctx, req, true)?;
+    }
+    Ok(json_value(StatusCode::OK, &ctx.service.cluster().view()))
+}
+
+/// Checks the metrics token. `required`: refuse even when none is set.
+fn operator(ctx: &Ctx, req: &Request<Incoming>, required: bool) -> Result<(), ApiError> {
+    let Some(expected) = &ctx.metrics_token else {
+        return if required {
+            Err(ApiError::Unauthorized(AuthError::Missing))
+        } else {
+            Ok(())
+        };
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()))
+        .unwrap_or_default();
+    // Constant time, like bearer tokens.
+    let matches = given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(AuthError::Missing))
+    }
+}
+
+/// The credentials of `Bearer <credentials>`, the scheme in any case.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii_start())
 }
 
 pub(super) fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response, ApiError> {
-    if let Some(expected) = &ctx.metrics_token {
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        // Constant time, like bearer tokens.
-        let matches = given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !matches {
-            return Err(ApiError::Unauthorized(AuthError::Missing));
-        }
-    }
+    operator(ctx, req, false)?;
     Ok(text(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

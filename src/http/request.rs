@@ -44,12 +44,76 @@ pub(crate) async fn read_body(
     }
 }
 
+/// Whether `value` holds a float that an integer beyond 64 bits would have
+/// become (a cheap first look: the text is read only if one does).
+fn maybe_wide_integer(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .is_some_and(|f| n.is_f64() && f.fract() == 0.0 && f.abs() >= 9.2e18),
+        Value::Array(items) => items.iter().any(maybe_wide_integer),
+        Value::Object(map) => map.values().any(maybe_wide_integer),
+        _ => false,
+    }
+}
+
+/// Whether the JSON text has an integer literal below `i64::MIN` or above
+/// `u64::MAX`. Strings are skipped; the text is known to be valid JSON.
+fn has_wide_integer(text: &[u8]) -> bool {
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len()
+                    && matches!(text[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                if integer_too_wide(&text[start..i]) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+fn integer_too_wide(literal: &[u8]) -> bool {
+    if literal.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+        return false;
+    }
+    // JSON has no leading zeros: longer means larger.
+    let (digits, limit): (&[u8], &[u8]) = match literal.strip_prefix(b"-") {
+        Some(digits) => (digits, b"9223372036854775808"),
+        None => (literal, b"18446744073709551615"),
+    };
+    digits.len() > limit.len() || (digits.len() == limit.len() && digits > limit)
+}
+
 /// A JSON object body.
 pub(crate) struct Fields(Map<String, Value>);
 
 impl Fields {
     pub(crate) fn parse(body: &[u8]) -> Result<Fields, ApiError> {
         match serde_json::from_slice::<Value>(body) {
+            // serde_json keeps integers beyond 64 bits as floats: refused,
+            // never stored altered.
+            Ok(Value::Object(map))
+                if map.values().any(maybe_wide_integer) && has_wide_integer(body) =>
+            {
+                Err(ApiError::field(
+                    "an integer in the body does not fit in 64 bits; send it as a string",
+                ))
+            }
             Ok(Value::Object(map)) => Ok(Fields(map)),
             Ok(_) => Err(ApiError::InvalidJson(
                 "the body must be a JSON object".into(),
@@ -186,6 +250,24 @@ impl Query {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_and_the_rest_kept() {
+        for bad in [
+            r#"{"body":{"n":18446744073709551616}}"#,
+            r#"{"body":[1,-9223372036854775809]}"#,
+            r#"{"body":{"deep":[{"n":123456789012345678901234567890}]}}"#,
+        ] {
+            assert!(Fields::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        for good in [
+            r#"{"body":{"n":18446744073709551615,"m":-9223372036854775808}}"#,
+            r#"{"body":{"f":1e19,"g":18446744073709551616.0,"s":"18446744073709551616"}}"#,
+            r#"{"body":{"s":"a \" 99999999999999999999999 \\","n":1}}"#,
+        ] {
+            assert!(Fields::parse(good.as_bytes()).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn query_values_are_decoded_and_last_wins() {

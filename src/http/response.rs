@@ -22,8 +22,10 @@ pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
 }
 
 /// A JSON value as a `200` (or other) response.
-pub(crate) fn json_value(status: StatusCode, value: &serde_json::Value) -> Response {
-    json_response(status, Bytes::from(value.to_string()))
+pub(crate) fn json_value(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    // Our own types and `serde_json::Value` always serialize.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    json_response(status, Bytes::from(body))
 }
 
 pub(crate) fn no_content() -> Response {

@@ -110,6 +110,9 @@ pub(super) fn handle(
         .as_ref()
         .and_then(|r| cors::preflight(&ctx, req.method(), req.headers(), r.name_and_methods().1));
     let early = match (route, preflight) {
+        _ if head_bytes(&req) > ctx.limits.max_header_bytes => {
+            Some(Err(ApiError::HeadTooLarge(ctx.limits.max_header_bytes)))
+        }
         (_, Some(preflight)) => Some(Ok(preflight)),
         (_, None) if query_len > ctx.limits.max_query_bytes => Some(Err(ApiError::field(format!(
             "the query string is over the limit of {} bytes",
@@ -125,6 +128,16 @@ pub(super) fn handle(
             Either::Right(dispatch(ctx.clone(), path, req).map(move |result| done(&ctx, result)))
         }
     }
+}
+
+/// The size of the request head as it came on the wire (near enough:
+/// the request line and every `name: value\r\n`).
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers().iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// CORS headers, the request's log line and metrics.
@@ -178,7 +191,11 @@ async fn dispatch(
         Route::Readyz => return Ok(ops::readyz(ctx).await),
         Route::Metrics => return ops::metrics(ctx, &req),
         Route::Demo(file) => return demo::file(ctx.demo, file),
-        Route::Cluster => return Ok(ops::cluster(ctx)),
+        Route::Cluster => return ops::cluster(ctx, &req),
+        // A single node has no peers: its internal routes do not exist.
+        Route::Appends | Route::Wake | Route::Watch if !ctx.service.cluster().is_multi_node() => {
+            return Err(ApiError::UnknownRoute);
+        }
         Route::Appends => return Box::pin(internal::appends(ctx, req)).await,
         Route::Wake => return Box::pin(internal::wake(ctx, req)).await,
         Route::Watch => return Box::pin(internal::watch(ctx, req)).await,

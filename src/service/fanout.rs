@@ -31,10 +31,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use quick_cache::sync::Cache;
 
-use hyper::Method;
-use hyper::header::{HeaderName, HeaderValue};
-
-use super::outbox::SIGNATURE_HEADER;
 use super::send::message_event;
 use super::{Error, Result, Service};
 use crate::cluster::Cluster;
@@ -547,24 +543,9 @@ impl Service {
         let mut body = g.0.as_bytes().to_vec();
         body.extend_from_slice(&cluster.me().node_key);
         let body = Bytes::from(body);
-        let Ok(signature) = HeaderValue::from_str(&cluster.sign(&body)) else {
-            return;
-        };
         let cluster = cluster.clone();
         tokio::spawn(async move {
-            let header = (HeaderName::from_static(SIGNATURE_HEADER), signature);
-            if let Err(e) = cluster
-                .client
-                .call(
-                    addr,
-                    Method::POST,
-                    WATCH_PATH,
-                    &[header],
-                    body,
-                    WAKE_TIMEOUT,
-                )
-                .await
-            {
+            if let Err(e) = cluster.watch(addr, body, WAKE_TIMEOUT).await {
                 tracing::debug!(%addr, error = %e, "asking to be told of a stream failed");
             }
         });
@@ -602,10 +583,6 @@ impl Service {
     }
 }
 
-/// The path a stream's owner tells other nodes it moved on.
-pub const WAKE_PATH: &str = "/internal/v1/wake";
-/// The path a node asks a stream's owner on to be told.
-pub const WATCH_PATH: &str = "/internal/v1/watch";
 /// How long an owner tells a node that asked; it asks again every REWATCH
 /// while it has polls parked on the stream.
 const WATCH_FOR: Duration = Duration::from_secs(60);
@@ -633,23 +610,14 @@ pub fn parse_wake(body: &[u8]) -> Option<(ConversationId, StreamPos)> {
 /// reached `pos`.
 fn tell_peers(cluster: Arc<Cluster>, watchers: &[usize], g: ConversationId, pos: StreamPos) {
     let body = wake_body(g, pos);
-    let Ok(signature) = HeaderValue::from_str(&cluster.sign(&body)) else {
-        return;
-    };
     let newest = cluster.newest();
     for (i, peer) in cluster.peers().iter().enumerate() {
         if i == cluster.me_index() || !newest.live[i] || !watchers.contains(&i) {
             continue;
         }
-        let (cluster, body, signature, addr) =
-            (cluster.clone(), body.clone(), signature.clone(), peer.addr);
+        let (cluster, body, addr) = (cluster.clone(), body.clone(), peer.addr);
         tokio::spawn(async move {
-            let header = (HeaderName::from_static(SIGNATURE_HEADER), signature);
-            if let Err(e) = cluster
-                .client
-                .call(addr, Method::POST, WAKE_PATH, &[header], body, WAKE_TIMEOUT)
-                .await
-            {
+            if let Err(e) = cluster.wake(addr, body, WAKE_TIMEOUT).await {
                 tracing::debug!(%addr, error = %e, "a stream wake was not taken");
             }
         });

@@ -163,6 +163,10 @@ impl Service {
     /// The group as the store holds it (through the cache), without filling
     /// the cache: only lock holders may fill it.
     pub(crate) async fn group_state(&self, g: GroupId) -> Result<Option<Arc<GroupState>>> {
+        // Never a group (see `create_group_now`), even if an old store holds one.
+        if g.is_direct_shaped() {
+            return Ok(None);
+        }
         if let Some(state) = self.inner.groups.groups.get(&g) {
             return Ok(Some(state));
         }
@@ -222,6 +226,15 @@ impl Service {
 
     async fn create_group_now(&self, owner: UserId, req: CreateGroup) -> Result<GroupInfo> {
         let g = req.group_id.unwrap_or_else(|| GroupId(Uuid::new_v4()));
+        // Direct conversations' ids are UUIDv5 of the pair, public to all: a
+        // group under one would take the pair's conversation over.
+        if g.is_direct_shaped() {
+            return Err(Error::InvalidField(
+                "group_id: a version 5 UUID is reserved for direct conversations; \
+                 use a random (v4) or time-ordered (v7) UUID"
+                    .into(),
+            ));
+        }
         let lock = self.inner.sequencer.lock(ConversationId::from(g)).await;
         if let Some(existing) = self.group_state_locked(g, &lock).await? {
             // Idempotent: the same creator and name get the same group back.

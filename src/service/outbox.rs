@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, StatusCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -46,11 +44,6 @@ const IDLE_RESCAN: Duration = Duration::from_secs(5);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause after a round some of whose entries could not be delivered.
 const BLOCKED_PAUSE: Duration = Duration::from_millis(100);
-
-/// The path pushed appends are posted to.
-pub const APPENDS_PATH: &str = "/internal/v1/appends";
-/// The header carrying a push's signature.
-pub const SIGNATURE_HEADER: &str = "x-carrier-signature";
 
 /// Copies a caller waits for, by outbox id: the worker fires each once it
 /// reached its owner.
@@ -300,7 +293,7 @@ impl Outbox {
                 .collect();
             let cluster = self.cluster.clone();
             pushes.spawn(async move {
-                let result = push(&cluster, &peer, body).await;
+                let result = cluster.push_appends(&peer, body, PUSH_TIMEOUT).await;
                 (peer, rows, result)
             });
         }
@@ -368,36 +361,6 @@ fn rows_ids(writes: &[Mutation]) -> Vec<u64> {
             Mutation::Put { .. } => None,
         })
         .collect()
-}
-
-/// Why a push did not land.
-#[derive(Debug, thiserror::Error)]
-enum PushError {
-    #[error(transparent)]
-    Call(#[from] crate::cluster::client::CallError),
-    #[error("the peer answered {0}")]
-    Refused(StatusCode),
-}
-
-async fn push(cluster: &Cluster, peer: &Peer, body: Bytes) -> Result<(), PushError> {
-    let signature = HeaderValue::from_str(&cluster.sign(&body))
-        .map_err(|_| PushError::Refused(StatusCode::BAD_REQUEST))?;
-    let answer = cluster
-        .client
-        .call(
-            peer.addr,
-            Method::POST,
-            APPENDS_PATH,
-            &[(HeaderName::from_static(SIGNATURE_HEADER), signature)],
-            body,
-            PUSH_TIMEOUT,
-        )
-        .await?;
-    if answer.status == StatusCode::NO_CONTENT {
-        Ok(())
-    } else {
-        Err(PushError::Refused(answer.status))
-    }
 }
 
 /// One pushed entry: which outbox entry it is (so a repeat is recognised),

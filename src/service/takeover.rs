@@ -11,8 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
 use super::committer::{Commit, Committer, Watermark};
@@ -310,25 +308,11 @@ impl Takeover {
 
 /// Whether `peer`'s serving view has node `me` up, and is settled.
 async fn routes_to(cluster: &Cluster, peer: &Peer, me: &str) -> bool {
-    let Ok(answer) = cluster
-        .client
-        .call(
-            peer.addr,
-            Method::GET,
-            "/v1/cluster",
-            &[],
-            Bytes::new(),
-            cluster.settings.heartbeat_timeout,
-        )
+    let Ok(view) = cluster
+        .view_of(peer, cluster.settings.heartbeat_timeout)
         .await
     else {
         return false;
     };
-    let Ok(view) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
-        return false;
-    };
-    view["settled"] == true
-        && view["peers"]
-            .as_array()
-            .is_some_and(|peers| peers.iter().any(|p| p["id"] == me && p["state"] == "up"))
+    view.settled && view.peers.iter().any(|p| p.id == me && p.state == "up")
 }

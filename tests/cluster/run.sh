@@ -119,7 +119,7 @@ show_ring() {
     local n
     for n in "${CLUSTER_NODES[@]}"; do
         printf '  %s /v1/cluster: ' "$n"
-        curl -s -m 2 "http://${CLUSTER_ADDR[$n]}/v1/cluster" || printf '(no answer)'
+        curl -s -m 2 -H "Authorization: Bearer $CLUSTER_METRICS_TOKEN" "http://${CLUSTER_ADDR[$n]}/v1/cluster" || printf '(no answer)'
         echo
     done
 }
@@ -128,7 +128,7 @@ show_ring() {
 accepted() {
     local n total=0 v
     for n in "${CLUSTER_NODES[@]}"; do
-        v=$(curl -s -m 2 "http://${CLUSTER_ADDR[$n]}/metrics" 2>/dev/null \
+        v=$(curl -s -m 2 -H "Authorization: Bearer $CLUSTER_METRICS_TOKEN" "http://${CLUSTER_ADDR[$n]}/metrics" 2>/dev/null \
             | awk '$1 == "carrier_messages_accepted_total" {print int($2)}' || true)
         total=$((total + ${v:-0}))
     done

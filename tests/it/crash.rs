@@ -13,18 +13,23 @@ use uuid::Uuid;
 use crate::harness::{Api, Node, SECRET, User, storage_toml, test_config};
 
 /// A `carrier serve` process on `127.0.0.1:0` over `data`.
-struct Process {
+pub struct Process {
     child: Child,
-    api: Api,
+    pub api: Api,
 }
 
 impl Process {
-    async fn start(data: &Path) -> Process {
+    pub async fn start(data: &Path) -> Process {
+        Process::start_with(data, "").await
+    }
+
+    /// With `extra` TOML appended to the configuration (`[limits]`, ...).
+    pub async fn start_with(data: &Path, extra: &str) -> Process {
         let config = data.with_extension("toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n{}",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n{}\n{extra}",
                 storage_toml(data)
             ),
         )

@@ -139,6 +139,8 @@ async fn an_oversized_head_is_431_and_a_long_query_is_400() {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "{r:?}"
     );
+    // In the contract's error shape, not hyper's bare answer.
+    assert_eq!(r.code(), "request_header_fields_too_large", "{r:?}");
     // Just under both limits is fine.
     let pad = "p".repeat(400);
     let r = node

@@ -16,3 +16,4 @@ mod holds;
 mod hostile;
 mod openapi;
 mod outage;
+mod security;
