@@ -96,6 +96,12 @@ service Hbase {
   void mutateRows(1: Text tableName, 2: list<BatchMutation> rowBatches, 3: map<Text, Text> attributes)
     throws (1: IOError io, 2: IllegalArgument ia)
 
+  // Like mutateRows, with every cell written at `timestamp` and every delete
+  // removing only versions at or before it.
+  void mutateRowsTs(1: Text tableName, 2: list<BatchMutation> rowBatches, 3: i64 timestamp,
+                    4: map<Text, Text> attributes)
+    throws (1: IOError io, 2: IllegalArgument ia)
+
   i64 atomicIncrement(1: Text tableName, 2: Text row, 3: Text column, 4: i64 value)
     throws (1: IOError io, 2: IllegalArgument ia)
 

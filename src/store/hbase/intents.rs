@@ -14,19 +14,39 @@
 //! and always before anything that follows it: the service treats a failed
 //! write as "outcome unknown" and reloads what it had cached.
 //!
-//! An intent row is deleted together with the next intent's write, so at
-//! most two exist: only the newest can be unfinished, and recovery replays
-//! that one alone (replaying an older, finished one could undo a later
-//! check-and-put).
+//! An intent row is deleted together with the next intent's write (no
+//! round trip of its own), so the newest one stays after its batch landed
+//! and recovery cannot tell a finished batch from an unfinished one. It
+//! replays the newest either way, which is safe because of how:
+//!
+//! - A replay stamps every cell with the timestamp HBase gave the intent
+//!   row when it was logged (`mutateRowsTs`), and its deletes remove only
+//!   versions up to that stamp. Whatever anyone wrote after the batch is
+//!   stamped later by the region servers and stays on top; a batch that
+//!   had landed is only rewritten underneath itself. Replaying with new
+//!   stamps instead brought back overwritten receipts, removed members and
+//!   delivered outbox rows.
+//! - First applications keep the region server's stamps, like
+//!   check-and-put and increments: no node's clock is ever mixed with the
+//!   servers', and the hot path is unchanged.
+//! - Recovery (of this node at start, of a departed one at a settle) then
+//!   deletes the rows it replayed, so a batch is replayed at most once
+//!   after it finished: a later delete hides an older-stamped put only
+//!   until a major compaction drops its marker.
+//!
+//! What stamps cannot order: writes within the clock skew between the
+//! intent log's region server and a row's (HBase bounds it; NTP keeps it
+//! to milliseconds), and a write in the very millisecond of the intent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::{BatchMutation, HbaseStore, THbaseSyncClient, delete, put};
-use crate::store::{Fence, Mutation, Row, StoreError, Table};
+use super::{BatchMutation, HbaseStore, TCell, THbaseSyncClient, delete, put};
+use crate::store::{Fence, Mutation, StoreError, Table};
 
 /// The log's table name, after the deployment prefix.
 pub(super) const TABLE: &str = "intents_by_node_seq";
@@ -88,65 +108,82 @@ impl Intents {
         row
     }
 
-    /// This node's log rows, oldest first.
-    pub(super) async fn rows(&self, store: &HbaseStore) -> Result<Vec<Row>, StoreError> {
+    /// A node's log rows, oldest first, each cell with its timestamp.
+    pub(super) async fn log_of(
+        &self,
+        store: &HbaseStore,
+        node_key: [u8; 8],
+    ) -> Result<Vec<(Vec<u8>, TCell)>, StoreError> {
         let name = self.table.clone();
-        let range = super::range::Range::prefix(&self.node_key);
+        let range = super::range::Range::prefix(&node_key);
         store
             .call("scan", true, move |c| {
-                super::scan_rows(c, &name, &range, usize::MAX)
+                super::scan_cells(c, &name, &range, usize::MAX)
             })
             .await
     }
 
-    /// Finishes the newest batch of another node's log (it died; every
-    /// mutation is idempotent, so doing it again is harmless).
+    /// Finishes the newest batch of another node's log (it departed) and
+    /// empties that log (see the module docs).
     pub(super) async fn recover_other(
         &self,
         store: &HbaseStore,
         node_key: [u8; 8],
     ) -> Result<(), StoreError> {
-        let name = self.table.clone();
-        let range = super::range::Range::prefix(&node_key);
-        let rows = store
-            .call("scan", true, move |c| {
-                super::scan_rows(c, &name, &range, usize::MAX)
-            })
-            .await?;
-        if let Some((_, cell)) = rows.last() {
-            let batch = decode(cell)?;
+        let log = self.log_of(store, node_key).await?;
+        if !log.is_empty() {
             tracing::info!(
-                mutations = batch.len(),
+                rows = log.len(),
                 "finishing the newest batch of a departed node"
             );
-            store.apply(&batch).await?;
         }
-        Ok(())
+        self.replay(store, &log).await
     }
 
-    /// Finishes the batch a previous run of this node left unfinished.
+    /// Finishes the batch a previous run of this node may have left
+    /// unfinished, and empties the log.
     pub(super) async fn recover(&self, store: &HbaseStore) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
-        let rows = self.rows(store).await?;
-        let mut newest = 0;
-        if let Some((row, cell)) = rows.last() {
-            newest = crate::store::keys::trailing_u64(row).unwrap_or(0);
-            let batch = decode(cell)?;
-            tracing::warn!(
-                mutations = batch.len(),
-                "finishing a batch the last run left half-written"
+        let log = self.log_of(store, self.node_key).await?;
+        let newest = log
+            .last()
+            .and_then(|(row, _)| crate::store::keys::trailing_u64(row))
+            .unwrap_or(0);
+        if !log.is_empty() {
+            tracing::info!(
+                rows = log.len(),
+                "replaying the batch the last run logged last"
             );
-            store.apply(&batch).await?;
-            state.finished = rows
-                .iter()
-                .filter_map(|(row, _)| crate::store::keys::trailing_u64(row))
-                .collect();
         }
+        self.replay(store, &log).await?;
+        state.finished.clear();
         let now_us = u64::try_from(crate::domain::now_ms())
             .unwrap_or(0)
             .saturating_mul(1000);
         state.next_id = (newest + 1).max(now_us);
         Ok(())
+    }
+
+    /// Applies the newest batch of `log` stamped as of its logging, then
+    /// deletes the rows of `log` (and no row logged after them).
+    async fn replay(&self, store: &HbaseStore, log: &[(Vec<u8>, TCell)]) -> Result<(), StoreError> {
+        let Some(replay) = Replay::of(log)? else {
+            return Ok(());
+        };
+        store.apply_at(&replay.batch, Some(replay.at)).await?;
+        let rows: Vec<BatchMutation> = log
+            .iter()
+            .map(|(row, _)| BatchMutation {
+                row: Some(row.clone()),
+                mutations: Some(vec![delete()]),
+            })
+            .collect();
+        let (name, upto) = (self.table.clone(), replay.upto);
+        store
+            .call("mutateRowsTs", true, move |c| {
+                c.mutate_rows_ts(name.clone(), rows.clone(), upto, BTreeMap::new())
+            })
+            .await
     }
 
     /// Writes `batch` all-or-nothing (see the module docs).
@@ -284,6 +321,33 @@ impl Intents {
     }
 }
 
+/// What replaying a log does.
+#[derive(Debug, PartialEq)]
+struct Replay {
+    /// The newest batch: the only one that can be unfinished.
+    batch: Vec<Mutation>,
+    /// Its log row's timestamp, which every cell of the replay gets.
+    at: i64,
+    /// The newest stamp in the log: its rows are deleted up to it.
+    upto: i64,
+}
+
+impl Replay {
+    fn of(log: &[(Vec<u8>, TCell)]) -> Result<Option<Replay>, StoreError> {
+        let Some((_, newest)) = log.last() else {
+            return Ok(None);
+        };
+        let unstamped = || StoreError::Corrupt("an HBase intent row without a timestamp".into());
+        let at = newest.timestamp.ok_or_else(unstamped)?;
+        let mut upto = at;
+        for (_, cell) in log {
+            upto = upto.max(cell.timestamp.ok_or_else(unstamped)?);
+        }
+        let batch = decode(newest.value.as_deref().unwrap_or_default())?;
+        Ok(Some(Replay { batch, at, upto }))
+    }
+}
+
 /// `[kind(1) table(1) row_len(4) row value_len(4) value]...`; kind 0 puts, 1 deletes.
 pub(super) fn encode(batch: &[Mutation]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -366,5 +430,44 @@ mod tests {
         let mut wrong_table = encoded.clone();
         wrong_table[1] = 200;
         assert!(decode(&wrong_table).is_err());
+    }
+
+    /// A replay is the newest batch stamped with its own log time (not
+    /// the newest stamp, not now), and deletes every row it saw.
+    #[test]
+    fn a_replay_is_stamped_with_its_log_time() {
+        let batch = |value: &'static [u8]| {
+            vec![Mutation::Put {
+                table: Table::Receipts,
+                row: b"r".to_vec(),
+                value: bytes::Bytes::from_static(value),
+            }]
+        };
+        let cell = |b: &[Mutation], at| TCell {
+            value: Some(encode(b)),
+            timestamp: at,
+        };
+        assert_eq!(Replay::of(&[]).expect("empty log"), None);
+        // Stamps from another clock need not follow the ids.
+        let log = [
+            (b"1".to_vec(), cell(&batch(b"old"), Some(500))),
+            (b"2".to_vec(), cell(&batch(b"new"), Some(400))),
+        ];
+        let replay = Replay::of(&log)
+            .expect("replay")
+            .expect("something to replay");
+        assert_eq!(
+            replay,
+            Replay {
+                batch: batch(b"new"),
+                at: 400,
+                upto: 500,
+            }
+        );
+        let unstamped = [(b"1".to_vec(), cell(&batch(b"x"), None))];
+        assert!(matches!(
+            Replay::of(&unstamped),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -31,8 +31,8 @@ use self::intents::Intents;
 use self::pool::{CallError, Client, Pool, Settings};
 use self::range::Range;
 use self::wire::{
-    AlreadyExists, BatchMutation, ColumnDescriptor, IOError, IllegalArgument, THbaseSyncClient,
-    TScan,
+    AlreadyExists, BatchMutation, ColumnDescriptor, IOError, IllegalArgument, TCell,
+    THbaseSyncClient, TScan,
 };
 use super::{FAMILY, Fence, Mutation, Row, Scan, Store, StoreError, Table};
 use crate::config::HbaseConfig;
@@ -181,6 +181,13 @@ impl HbaseStore {
     /// region servers). Any order is fine: the intent log makes the batch
     /// all-or-nothing.
     async fn apply(&self, batch: &[Mutation]) -> Result<(), StoreError> {
+        self.apply_at(batch, None).await
+    }
+
+    /// [`HbaseStore::apply`], with every cell stamped `at` when given (a
+    /// replay from the intent log: see [`intents`]) instead of by the
+    /// region server's clock.
+    async fn apply_at(&self, batch: &[Mutation], at: Option<i64>) -> Result<(), StoreError> {
         let mut by_table: BTreeMap<usize, BTreeMap<Vec<u8>, Vec<wire::Mutation>>> = BTreeMap::new();
         for m in batch {
             let (table, row, mutation) = match m {
@@ -206,11 +213,22 @@ impl HbaseStore {
                 .collect();
             let store = self.clone();
             calls.spawn(async move {
-                store
-                    .call("mutateRows", true, move |c| {
-                        c.mutate_rows(name.clone(), rows.clone(), BTreeMap::new())
-                    })
-                    .await
+                match at {
+                    None => {
+                        store
+                            .call("mutateRows", true, move |c| {
+                                c.mutate_rows(name.clone(), rows.clone(), BTreeMap::new())
+                            })
+                            .await
+                    }
+                    Some(at) => {
+                        store
+                            .call("mutateRowsTs", true, move |c| {
+                                c.mutate_rows_ts(name.clone(), rows.clone(), at, BTreeMap::new())
+                            })
+                            .await
+                    }
+                }
             });
         }
         // Every call runs to its end, so a failure leaves no call behind
@@ -248,6 +266,20 @@ fn scan_rows(
     range: &Range,
     limit: usize,
 ) -> thrift::Result<Vec<Row>> {
+    let cells = scan_cells(c, table, range, limit)?;
+    Ok(cells
+        .into_iter()
+        .map(|(row, cell)| (row, Bytes::from(cell.value.unwrap_or_default())))
+        .collect())
+}
+
+/// [`scan_rows`], keeping each cell's timestamp.
+fn scan_cells(
+    c: &mut Client,
+    table: &[u8],
+    range: &Range,
+    limit: usize,
+) -> thrift::Result<Vec<(Vec<u8>, TCell)>> {
     let want = limit.saturating_add(range.extra());
     let page = want.min(SCAN_PAGE);
     let scan = TScan {
@@ -279,12 +311,14 @@ fn scan_rows(
                     }
                     continue;
                 }
-                let value = r
+                let cell = r
                     .columns
                     .and_then(|cols| cols.into_values().next())
-                    .and_then(|cell| cell.value)
-                    .unwrap_or_default();
-                rows.push((row, Bytes::from(value)));
+                    .unwrap_or(TCell {
+                        value: None,
+                        timestamp: None,
+                    });
+                rows.push((row, cell));
                 if rows.len() == limit {
                     return Ok(());
                 }

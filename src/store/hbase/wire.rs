@@ -1258,6 +1258,13 @@ pub trait THbaseSyncClient {
         row_batches: Vec<BatchMutation>,
         attributes: BTreeMap<Text, Text>,
     ) -> thrift::Result<()>;
+    fn mutate_rows_ts(
+        &mut self,
+        table_name: Text,
+        row_batches: Vec<BatchMutation>,
+        timestamp: i64,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<()>;
     fn atomic_increment(
         &mut self,
         table_name: Text,
@@ -1476,6 +1483,44 @@ impl<C: TThriftClient + THbaseSyncClientMarker> THbaseSyncClient for C {
             result.ok_or()
         }
     }
+    fn mutate_rows_ts(
+        &mut self,
+        table_name: Text,
+        row_batches: Vec<BatchMutation>,
+        timestamp: i64,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<()> {
+        ({
+            self.increment_sequence_number();
+            let message_ident =
+                TMessageIdentifier::new("mutateRowsTs", TMessageType::Call, self.sequence_number());
+            let call_args = HbaseMutateRowsTsArgs {
+                table_name,
+                row_batches,
+                timestamp,
+                attributes,
+            };
+            self.o_prot_mut().write_message_begin(&message_ident)?;
+            call_args.write_to_out_protocol(self.o_prot_mut())?;
+            self.o_prot_mut().write_message_end()?;
+            self.o_prot_mut().flush()
+        })?;
+        {
+            let message_ident = self.i_prot_mut().read_message_begin()?;
+            verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+            verify_expected_service_call("mutateRowsTs", &message_ident.name)?;
+            if message_ident.message_type == TMessageType::Exception {
+                let remote_error =
+                    thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+                self.i_prot_mut().read_message_end()?;
+                return Err(thrift::Error::Application(remote_error));
+            }
+            verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+            let result = HbaseMutateRowsTsResult::read_from_in_protocol(self.i_prot_mut())?;
+            self.i_prot_mut().read_message_end()?;
+            result.ok_or()
+        }
+    }
     fn atomic_increment(
         &mut self,
         table_name: Text,
@@ -1681,6 +1726,13 @@ pub trait HbaseSyncHandler {
         row_batches: Vec<BatchMutation>,
         attributes: BTreeMap<Text, Text>,
     ) -> thrift::Result<()>;
+    fn handle_mutate_rows_ts(
+        &self,
+        table_name: Text,
+        row_batches: Vec<BatchMutation>,
+        timestamp: i64,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<()>;
     fn handle_atomic_increment(
         &self,
         table_name: Text,
@@ -1760,6 +1812,19 @@ impl<H: HbaseSyncHandler> HbaseSyncProcessor<H> {
         o_prot: &mut dyn TOutputProtocol,
     ) -> thrift::Result<()> {
         THbaseProcessFunctions::process_mutate_rows(
+            &self.handler,
+            incoming_sequence_number,
+            i_prot,
+            o_prot,
+        )
+    }
+    fn process_mutate_rows_ts(
+        &self,
+        incoming_sequence_number: i32,
+        i_prot: &mut dyn TInputProtocol,
+        o_prot: &mut dyn TOutputProtocol,
+    ) -> thrift::Result<()> {
+        THbaseProcessFunctions::process_mutate_rows_ts(
             &self.handler,
             incoming_sequence_number,
             i_prot,
@@ -2222,6 +2287,112 @@ impl THbaseProcessFunctions {
                         { ApplicationError::new(ApplicationErrorKind::Unknown, e.to_string()) };
                     let message_ident = TMessageIdentifier::new(
                         "mutateRows",
+                        TMessageType::Exception,
+                        incoming_sequence_number,
+                    );
+                    o_prot.write_message_begin(&message_ident)?;
+                    thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+                    o_prot.write_message_end()?;
+                    o_prot.flush()
+                }
+            },
+        }
+    }
+    pub fn process_mutate_rows_ts<H: HbaseSyncHandler>(
+        handler: &H,
+        incoming_sequence_number: i32,
+        i_prot: &mut dyn TInputProtocol,
+        o_prot: &mut dyn TOutputProtocol,
+    ) -> thrift::Result<()> {
+        let args = HbaseMutateRowsTsArgs::read_from_in_protocol(i_prot)?;
+        match handler.handle_mutate_rows_ts(
+            args.table_name,
+            args.row_batches,
+            args.timestamp,
+            args.attributes,
+        ) {
+            Ok(_) => {
+                let message_ident = TMessageIdentifier::new(
+                    "mutateRowsTs",
+                    TMessageType::Reply,
+                    incoming_sequence_number,
+                );
+                o_prot.write_message_begin(&message_ident)?;
+                let ret = HbaseMutateRowsTsResult { io: None, ia: None };
+                ret.write_to_out_protocol(o_prot)?;
+                o_prot.write_message_end()?;
+                o_prot.flush()
+            }
+            Err(e) => match e {
+                thrift::Error::User(usr_err) => {
+                    if usr_err.downcast_ref::<IOError>().is_some() {
+                        let err = usr_err
+                            .downcast::<IOError>()
+                            .expect("downcast already checked");
+                        let ret_err = HbaseMutateRowsTsResult {
+                            io: Some(*err),
+                            ia: None,
+                        };
+                        let message_ident = TMessageIdentifier::new(
+                            "mutateRowsTs",
+                            TMessageType::Reply,
+                            incoming_sequence_number,
+                        );
+                        o_prot.write_message_begin(&message_ident)?;
+                        ret_err.write_to_out_protocol(o_prot)?;
+                        o_prot.write_message_end()?;
+                        o_prot.flush()
+                    } else if usr_err.downcast_ref::<IllegalArgument>().is_some() {
+                        let err = usr_err
+                            .downcast::<IllegalArgument>()
+                            .expect("downcast already checked");
+                        let ret_err = HbaseMutateRowsTsResult {
+                            io: None,
+                            ia: Some(*err),
+                        };
+                        let message_ident = TMessageIdentifier::new(
+                            "mutateRowsTs",
+                            TMessageType::Reply,
+                            incoming_sequence_number,
+                        );
+                        o_prot.write_message_begin(&message_ident)?;
+                        ret_err.write_to_out_protocol(o_prot)?;
+                        o_prot.write_message_end()?;
+                        o_prot.flush()
+                    } else {
+                        let ret_err = {
+                            ApplicationError::new(
+                                ApplicationErrorKind::Unknown,
+                                usr_err.to_string(),
+                            )
+                        };
+                        let message_ident = TMessageIdentifier::new(
+                            "mutateRowsTs",
+                            TMessageType::Exception,
+                            incoming_sequence_number,
+                        );
+                        o_prot.write_message_begin(&message_ident)?;
+                        thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+                        o_prot.write_message_end()?;
+                        o_prot.flush()
+                    }
+                }
+                thrift::Error::Application(app_err) => {
+                    let message_ident = TMessageIdentifier::new(
+                        "mutateRowsTs",
+                        TMessageType::Exception,
+                        incoming_sequence_number,
+                    );
+                    o_prot.write_message_begin(&message_ident)?;
+                    thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+                    o_prot.write_message_end()?;
+                    o_prot.flush()
+                }
+                _ => {
+                    let ret_err =
+                        { ApplicationError::new(ApplicationErrorKind::Unknown, e.to_string()) };
+                    let message_ident = TMessageIdentifier::new(
+                        "mutateRowsTs",
                         TMessageType::Exception,
                         incoming_sequence_number,
                     );
@@ -2767,6 +2938,9 @@ impl<H: HbaseSyncHandler> TProcessor for HbaseSyncProcessor<H> {
             }
             "get" => self.process_get(message_ident.sequence_number, i_prot, o_prot),
             "mutateRows" => self.process_mutate_rows(message_ident.sequence_number, i_prot, o_prot),
+            "mutateRowsTs" => {
+                self.process_mutate_rows_ts(message_ident.sequence_number, i_prot, o_prot)
+            }
             "atomicIncrement" => {
                 self.process_atomic_increment(message_ident.sequence_number, i_prot, o_prot)
             }
@@ -3434,6 +3608,191 @@ impl HbaseMutateRowsResult {
 }
 
 //
+// HbaseMutateRowsTsArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct HbaseMutateRowsTsArgs {
+    table_name: Text,
+    row_batches: Vec<BatchMutation>,
+    timestamp: i64,
+    attributes: BTreeMap<Text, Text>,
+}
+
+impl HbaseMutateRowsTsArgs {
+    fn read_from_in_protocol(
+        i_prot: &mut dyn TInputProtocol,
+    ) -> thrift::Result<HbaseMutateRowsTsArgs> {
+        i_prot.read_struct_begin()?;
+        let mut f_1: Option<Text> = None;
+        let mut f_2: Option<Vec<BatchMutation>> = None;
+        let mut f_3: Option<i64> = None;
+        let mut f_4: Option<BTreeMap<Text, Text>> = None;
+        loop {
+            let field_ident = i_prot.read_field_begin()?;
+            if field_ident.field_type == TType::Stop {
+                break;
+            }
+            let field_id = field_id(&field_ident)?;
+            match field_id {
+                1 => {
+                    let val = i_prot.read_bytes()?;
+                    f_1 = Some(val);
+                }
+                2 => {
+                    let list_ident = i_prot.read_list_begin()?;
+                    let mut val: Vec<BatchMutation> = Vec::with_capacity(list_ident.size as usize);
+                    for _ in 0..list_ident.size {
+                        let list_elem_13 = BatchMutation::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_13);
+                    }
+                    i_prot.read_list_end()?;
+                    f_2 = Some(val);
+                }
+                3 => {
+                    let val = i_prot.read_i64()?;
+                    f_3 = Some(val);
+                }
+                4 => {
+                    let map_ident = i_prot.read_map_begin()?;
+                    let mut val: BTreeMap<Text, Text> = BTreeMap::new();
+                    for _ in 0..map_ident.size {
+                        let map_key_14 = i_prot.read_bytes()?;
+                        let map_val_15 = i_prot.read_bytes()?;
+                        val.insert(map_key_14, map_val_15);
+                    }
+                    i_prot.read_map_end()?;
+                    f_4 = Some(val);
+                }
+                _ => {
+                    i_prot.skip(field_ident.field_type)?;
+                }
+            };
+            i_prot.read_field_end()?;
+        }
+        i_prot.read_struct_end()?;
+        verify_required_field_exists("HbaseMutateRowsTsArgs.table_name", &f_1)?;
+        verify_required_field_exists("HbaseMutateRowsTsArgs.row_batches", &f_2)?;
+        verify_required_field_exists("HbaseMutateRowsTsArgs.timestamp", &f_3)?;
+        verify_required_field_exists("HbaseMutateRowsTsArgs.attributes", &f_4)?;
+        let ret = HbaseMutateRowsTsArgs {
+            table_name: f_1
+                .expect("auto-generated code should have checked for presence of required fields"),
+            row_batches: f_2
+                .expect("auto-generated code should have checked for presence of required fields"),
+            timestamp: f_3
+                .expect("auto-generated code should have checked for presence of required fields"),
+            attributes: f_4
+                .expect("auto-generated code should have checked for presence of required fields"),
+        };
+        Ok(ret)
+    }
+    fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+        let struct_ident = TStructIdentifier::new("mutateRowsTs_args");
+        o_prot.write_struct_begin(&struct_ident)?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("tableName", TType::String, 1))?;
+        o_prot.write_bytes(&self.table_name)?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("rowBatches", TType::List, 2))?;
+        o_prot.write_list_begin(&TListIdentifier::new(
+            TType::Struct,
+            self.row_batches.len() as i32,
+        ))?;
+        for e in &self.row_batches {
+            e.write_to_out_protocol(o_prot)?;
+        }
+        o_prot.write_list_end()?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("timestamp", TType::I64, 3))?;
+        o_prot.write_i64(self.timestamp)?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("attributes", TType::Map, 4))?;
+        o_prot.write_map_begin(&TMapIdentifier::new(
+            TType::String,
+            TType::String,
+            self.attributes.len() as i32,
+        ))?;
+        for (k, v) in &self.attributes {
+            o_prot.write_bytes(k)?;
+            o_prot.write_bytes(v)?;
+        }
+        o_prot.write_map_end()?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_stop()?;
+        o_prot.write_struct_end()
+    }
+}
+
+//
+// HbaseMutateRowsTsResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct HbaseMutateRowsTsResult {
+    io: Option<IOError>,
+    ia: Option<IllegalArgument>,
+}
+
+impl HbaseMutateRowsTsResult {
+    fn ok_or(self) -> thrift::Result<()> {
+        if self.io.is_some() {
+            Err(thrift::Error::User(Box::new(self.io.unwrap())))
+        } else if self.ia.is_some() {
+            Err(thrift::Error::User(Box::new(self.ia.unwrap())))
+        } else {
+            Ok(())
+        }
+    }
+    fn read_from_in_protocol(
+        i_prot: &mut dyn TInputProtocol,
+    ) -> thrift::Result<HbaseMutateRowsTsResult> {
+        i_prot.read_struct_begin()?;
+        let mut f_1: Option<IOError> = None;
+        let mut f_2: Option<IllegalArgument> = None;
+        loop {
+            let field_ident = i_prot.read_field_begin()?;
+            if field_ident.field_type == TType::Stop {
+                break;
+            }
+            let field_id = field_id(&field_ident)?;
+            match field_id {
+                1 => {
+                    let val = IOError::read_from_in_protocol(i_prot)?;
+                    f_1 = Some(val);
+                }
+                2 => {
+                    let val = IllegalArgument::read_from_in_protocol(i_prot)?;
+                    f_2 = Some(val);
+                }
+                _ => {
+                    i_prot.skip(field_ident.field_type)?;
+                }
+            };
+            i_prot.read_field_end()?;
+        }
+        i_prot.read_struct_end()?;
+        let ret = HbaseMutateRowsTsResult { io: f_1, ia: f_2 };
+        Ok(ret)
+    }
+    fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+        let struct_ident = TStructIdentifier::new("HbaseMutateRowsTsResult");
+        o_prot.write_struct_begin(&struct_ident)?;
+        if let Some(ref fld_var) = self.io {
+            o_prot.write_field_begin(&TFieldIdentifier::new("io", TType::Struct, 1))?;
+            fld_var.write_to_out_protocol(o_prot)?;
+            o_prot.write_field_end()?
+        }
+        if let Some(ref fld_var) = self.ia {
+            o_prot.write_field_begin(&TFieldIdentifier::new("ia", TType::Struct, 2))?;
+            fld_var.write_to_out_protocol(o_prot)?;
+            o_prot.write_field_end()?
+        }
+        o_prot.write_field_stop()?;
+        o_prot.write_struct_end()
+    }
+}
+
+//
 // HbaseAtomicIncrementArgs
 //
 
@@ -3647,9 +4006,9 @@ impl HbaseScannerOpenWithScanArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_13 = i_prot.read_bytes()?;
-                        let map_val_14 = i_prot.read_bytes()?;
-                        val.insert(map_key_13, map_val_14);
+                        let map_key_16 = i_prot.read_bytes()?;
+                        let map_val_17 = i_prot.read_bytes()?;
+                        val.insert(map_key_16, map_val_17);
                     }
                     i_prot.read_map_end()?;
                     f_3 = Some(val);
@@ -3882,8 +4241,8 @@ impl HbaseScannerGetListResult {
                     let list_ident = i_prot.read_list_begin()?;
                     let mut val: Vec<TRowResult> = Vec::with_capacity(list_ident.size as usize);
                     for _ in 0..list_ident.size {
-                        let list_elem_15 = TRowResult::read_from_in_protocol(i_prot)?;
-                        val.push(list_elem_15);
+                        let list_elem_18 = TRowResult::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_18);
                     }
                     i_prot.read_list_end()?;
                     f_0 = Some(val);
@@ -4113,9 +4472,9 @@ impl HbaseCheckAndPutArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_16 = i_prot.read_bytes()?;
-                        let map_val_17 = i_prot.read_bytes()?;
-                        val.insert(map_key_16, map_val_17);
+                        let map_key_19 = i_prot.read_bytes()?;
+                        let map_val_20 = i_prot.read_bytes()?;
+                        val.insert(map_key_19, map_val_20);
                     }
                     i_prot.read_map_end()?;
                     f_7 = Some(val);
