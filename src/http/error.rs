@@ -77,7 +77,7 @@ impl ApiError {
                 }
                 S::PrevMissing => (StatusCode::CONFLICT, "prev_missing"),
                 S::TooManyPolls(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-                S::Unavailable(_) | S::ShuttingDown | S::Rejoining | S::Moved => {
+                S::Unavailable(_) | S::ShuttingDown | S::Rejoining | S::Moved | S::PushInFlight => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
                 S::NotOwner => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),

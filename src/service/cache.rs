@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quick_cache::Weighter;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
 use crate::domain::{ConversationId, Seq, UserId};
 
@@ -62,14 +63,63 @@ impl Weighter<UserId, Arc<Tail>> for TailWeight {
     }
 }
 
+/// Stripes of [`Removals`]; users share one per 1/1024th of the id space.
+const REMOVAL_STRIPES: usize = 1024;
+
+/// How many tails were dropped (evicted, forgotten, cleared), counted per
+/// stripe of users: a reader compares the count from before its store read
+/// with the count when it would remember the mailbox empty. A tail the
+/// committer started after the read, then dropped, may hold the only
+/// trace of an event the read missed.
+#[derive(Clone)]
+struct Removals(Arc<[AtomicU64]>);
+
+impl Removals {
+    fn new() -> Removals {
+        Removals((0..REMOVAL_STRIPES).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn stripe(&self, user: &UserId) -> &AtomicU64 {
+        let (high, low) = user.0.as_u64_pair();
+        &self.0[(high ^ low) as usize % REMOVAL_STRIPES]
+    }
+
+    fn count(&self, user: &UserId) -> u64 {
+        self.stripe(user).load(Ordering::Acquire)
+    }
+
+    fn bump(&self, user: &UserId) {
+        self.stripe(user).fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Called under the shard's lock, so a reader that then finds the tail
+/// absent (which takes that lock) also sees the count raised.
+impl Lifecycle<UserId, Arc<Tail>> for Removals {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), user: UserId, _: Arc<Tail>) {
+        self.bump(&user);
+    }
+}
+
 pub struct MailboxCache {
-    tails: Cache<UserId, Arc<Tail>, TailWeight>,
+    tails: Cache<UserId, Arc<Tail>, TailWeight, DefaultHashBuilder, Removals>,
+    removals: Removals,
 }
 
 impl MailboxCache {
     pub fn new(bytes: u64) -> MailboxCache {
+        let removals = Removals::new();
         MailboxCache {
-            tails: Cache::with_weighter((bytes / 2048).max(16) as usize, bytes, TailWeight),
+            tails: Cache::with(
+                (bytes / 2048).max(16) as usize,
+                bytes,
+                TailWeight,
+                DefaultHashBuilder::default(),
+                removals.clone(),
+            ),
+            removals,
         }
     }
 
@@ -78,24 +128,51 @@ impl MailboxCache {
     }
 
     /// Drops every tail (the ring changed: another node may have appended).
+    /// Each is counted as it goes, under its shard's lock (see `forget`).
     pub fn clear(&self) {
-        self.tails.clear();
+        for stripe in self.removals.0.iter() {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
+        self.tails.retain(|user, _| {
+            self.removals.bump(user);
+            false
+        });
     }
 
-    /// Drops a tail that may have fallen behind the store.
+    /// Drops a tail that may have fallen behind the store. Counted even if
+    /// there is none (a failed batch may still land), and again as the
+    /// tail goes, under its shard's lock: a reader that could have missed
+    /// an event it held must not find it gone with the count unchanged.
     pub fn forget(&self, user: &UserId) {
-        self.tails.remove(user);
+        self.removals.bump(user);
+        self.tails.remove_if(user, |_| {
+            self.removals.bump(user);
+            true
+        });
+    }
+
+    /// A count to take before reading `user`'s mailbox from the store, for
+    /// [`MailboxCache::remember_empty`].
+    pub fn removals(&self, user: &UserId) -> u64 {
+        self.removals.count(user)
     }
 
     /// Remembers that a reader found nothing after `head` in the store,
-    /// unless a tail exists. Safe against a commit racing the read: the
-    /// committer appends after the store has the event, to whatever tail
-    /// exists or to a new one; if it got there first, that tail is kept.
-    /// (Without this, every poll of a user whose tail was evicted reads
-    /// the store; a large group's members are many such users.)
-    pub fn remember_empty(&self, user: UserId, head: u64) {
+    /// unless a tail exists. A commit racing the read appends, after the
+    /// store has its event, to whatever tail exists or to a new one, which
+    /// is kept. If such a tail may have been dropped since the read began
+    /// (the count taken then, `removals`, moved), nothing is remembered:
+    /// an empty tail at `head` would hide that event for good. (Without
+    /// this, every poll of a user whose tail was evicted reads the store;
+    /// a large group's members are many such users.)
+    pub fn remember_empty(&self, user: UserId, head: u64, removals: u64) {
         let _ = self.tails.get_or_insert_with(&user, || {
-            Ok::<_, std::convert::Infallible>(Arc::new(Tail {
+            // Checked once this reader holds the vacant slot: a tail
+            // dropped before then was counted already.
+            if self.removals.count(&user) != removals {
+                return Err(());
+            }
+            Ok(Arc::new(Tail {
                 known_from: head,
                 events: VecDeque::new(),
             }))
@@ -256,16 +333,70 @@ mod tests {
         let c = MailboxCache::new(1 << 20);
         let u = UserId(Uuid::from_u128(2));
         // The reader first: the commit after it lands in its tail.
-        c.remember_empty(u, 7);
+        c.remember_empty(u, 7, c.removals(&u));
         c.append(u, ev(9));
         let t = c.get(&u).unwrap();
         assert_eq!((t.known_from, t.head()), (7, 9));
         // The commit first (the reader's scan missed it): its tail stays.
         let v = UserId(Uuid::from_u128(3));
+        let seen = c.removals(&v);
         c.append(v, ev(20));
-        c.remember_empty(v, 7);
+        c.remember_empty(v, 7, seen);
         let t = c.get(&v).unwrap();
         assert_eq!((t.known_from, t.head(), t.events.len()), (19, 20, 1));
+    }
+
+    /// Regression: a reader found nothing after 7; a commit appended 9 to
+    /// a new tail; the tail was dropped; the reader then remembered the
+    /// mailbox as empty after 7, and polls answered empty while 9 sat in
+    /// the store, until that tail was evicted again.
+    #[test]
+    fn a_read_older_than_a_dropped_tail_does_not_remember_it_empty() {
+        let c = MailboxCache::new(1 << 20);
+        let u = UserId(Uuid::from_u128(4));
+        let seen = c.removals(&u);
+        c.append(u, ev(9));
+        c.forget(&u);
+        c.remember_empty(u, 7, seen);
+        assert!(
+            c.get(&u).is_none_or(|t| t.head() >= 9),
+            "the tail hides position 9"
+        );
+        // The same, every tail dropped at a ring change.
+        let v = UserId(Uuid::from_u128(6));
+        let seen = c.removals(&v);
+        c.append(v, ev(9));
+        c.clear();
+        c.remember_empty(v, 7, seen);
+        assert!(c.get(&v).is_none_or(|t| t.head() >= 9));
+        // A read that began after the drop remembers the mailbox as usual.
+        c.remember_empty(v, 9, c.removals(&v));
+        assert_eq!(c.get(&v).map(|t| t.known_from), Some(9));
+    }
+
+    /// The same, the tail evicted to make room for others.
+    #[test]
+    fn a_read_older_than_an_evicted_tail_does_not_remember_it_empty() {
+        let c = MailboxCache::new(64 * 1024);
+        let u = UserId(Uuid::from_u128(5));
+        // A full cache first: a tail that came in while there was room
+        // would be kept in the hot section.
+        for other in 1_000..11_000u128 {
+            c.append(UserId(Uuid::from_u128(other)), ev(5));
+        }
+        let seen = c.removals(&u);
+        c.append(u, ev(9));
+        let mut other = 11_000u128;
+        while c.tails.peek(&u).is_some() {
+            assert!(other < 111_000, "the tail was never evicted");
+            c.append(UserId(Uuid::from_u128(other)), ev(5));
+            other += 1;
+        }
+        c.remember_empty(u, 7, seen);
+        assert!(
+            c.get(&u).is_none_or(|t| t.head() >= 9),
+            "the tail hides position 9"
+        );
     }
 
     #[test]

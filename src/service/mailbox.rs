@@ -82,6 +82,8 @@ impl Service {
             });
         }
         metrics.cache_misses.with_label_values(&["mailbox"]).inc();
+        // Taken before the store is read (see `remember_empty`).
+        let removals = self.inner.mailbox_cache.removals(&user);
 
         let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), limit);
         scan.start = Bound::Excluded(keys::id_u64(user.0, cursor.0));
@@ -105,7 +107,9 @@ impl Service {
             // row hidden because it was still landing must not be hidden
             // for good by the cache.
             if cursor == head && !found {
-                self.inner.mailbox_cache.remember_empty(user, head.0);
+                self.inner
+                    .mailbox_cache
+                    .remember_empty(user, head.0, removals);
             }
             return Ok(Batch {
                 events: Vec::new(),

@@ -83,6 +83,11 @@ pub enum Error {
     /// A peer pushed appends for a mailbox this node does not own.
     #[error("this node does not own that mailbox")]
     NotOwner,
+    /// A peer pushed entries an earlier push of which is still being
+    /// committed: whether they were taken is not known yet, so the peer
+    /// keeps them and pushes again.
+    #[error("an earlier push of these entries is still being committed; retry")]
+    PushInFlight,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -154,8 +159,11 @@ struct Inner {
     shutdown: CancellationToken,
     /// The ring: who owns which user and conversation.
     cluster: Arc<Cluster>,
-    /// Outbox entries (node key, id) peers pushed here recently.
+    /// Outbox entries (node key, id) peers pushed here recently, whose
+    /// commit succeeded.
     pushes: quick_cache::sync::Cache<([u8; 8], u64), ()>,
+    /// Pushed entries whose commit is in flight (see `take_appends`).
+    taking: Arc<dashmap::DashMap<([u8; 8], u64), ()>>,
 }
 
 /// The knobs the service reads per request, taken from the configuration once.
@@ -220,6 +228,7 @@ impl Service {
                 shutdown: parts.shutdown,
                 cluster: parts.cluster,
                 pushes: quick_cache::sync::Cache::new(REMEMBERED_PUSHES),
+                taking: Arc::default(),
             }),
         }
     }

@@ -12,9 +12,11 @@
 //! On the embedded store each entry lands exactly once. Otherwise a lost
 //! answer, or two nodes draining a departed peer's outbox at once, can
 //! deliver an entry twice; the receiving node remembers the entries it took
-//! recently (by outbox and id) and drops repeats. Only a repeat that
-//! reaches a node after it restarted gets through, and clients
-//! de-duplicate by `message_id`.
+//! recently (by outbox and id) and drops repeats. An entry counts as taken
+//! once its commit there succeeded; a repeat arriving while that commit is
+//! in flight is refused, and pushed again. Only a repeat that reaches a
+//! node after it restarted gets through, and clients de-duplicate by
+//! `message_id`.
 //!
 //! The same worker drains a departed peer's outbox (`drain`), routing its
 //! entries to whoever owns each mailbox now.
@@ -39,9 +41,14 @@ const BATCH: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Look again this often even without a kick (entries left by a crash).
 const IDLE_RESCAN: Duration = Duration::from_secs(5);
-/// A push includes the receiving node's commit. A round waits for all its
-/// pushes, so a peer that stopped answering delays the others this long.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A push includes the receiving node's commit, which may wait for the
+/// batch ahead of it and then write its own, each write taking up to a
+/// store call timeout (5 s on HBase by default); 2 s timed out under load.
+/// A timed-out push loses nothing (the receiver refuses a repeat until the
+/// commit's outcome is known), but it is re-sent every `BLOCKED_PAUSE` to
+/// a node that is already slow. Not longer, since a round waits for all
+/// its pushes: a peer that stopped answering delays the others this long.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a round some of whose entries could not be delivered.
 const BLOCKED_PAUSE: Duration = Duration::from_millis(100);
 

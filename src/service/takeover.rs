@@ -11,12 +11,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
 use super::committer::{Commit, Committer, Watermark};
 use super::outbox::{Deliveries, Outbox, Pushed};
 use super::{Error, Result, Service};
 use crate::cluster::{Cluster, Peer, View};
+use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::store::{Scan, Store, Table, keys};
 
@@ -30,6 +34,13 @@ impl Service {
     /// Appends events a peer pushed for mailboxes this node owns, dropping
     /// entries it took already (a push whose answer was lost, or a departed
     /// peer's outbox drained by two nodes at once).
+    ///
+    /// An entry counts as taken only once its commit succeeded: on Ok the
+    /// pusher deletes its rows, so an Ok for an entry whose commit may
+    /// still fail loses the copy. A push repeating an entry whose commit
+    /// is in flight is refused, and pushed again later. The commit runs
+    /// detached: a pusher that timed out drops this request, and the claim
+    /// must still last until the commit's outcome is known.
     pub async fn take_appends(&self, entries: Vec<Pushed>) -> Result<()> {
         let cluster = &self.inner.cluster;
         // A joining node takes them too: its peers deliver what they owe
@@ -43,44 +54,63 @@ impl Service {
         {
             return Err(Error::NotOwner);
         }
-        let taken = &self.inner.pushes;
-        let mut claimed = Vec::with_capacity(entries.len());
-        let mut appends = Vec::with_capacity(entries.len());
-        for e in entries {
-            // Claimed before the commit, so a repeat arriving meanwhile is
-            // dropped too; released again if the commit fails.
-            let mut fresh = false;
-            taken
-                .get_or_insert_with(&e.entry, || {
-                    fresh = true;
-                    Ok::<(), ()>(())
-                })
-                .ok();
-            if !fresh {
-                self.inner.metrics.pushed_repeats.inc();
-                continue;
-            }
-            claimed.push(e.entry);
-            appends.push((e.user, e.event));
-        }
+        let (claim, appends) = self.claim_pushes(entries)?;
         if appends.is_empty() {
             return Ok(());
         }
-        let committed = self
-            .inner
+        let service = self.clone();
+        super::detached(async move { service.commit_pushes(claim, appends).await }).await
+    }
+
+    /// Claims the entries not taken yet, in order, with their appends; the
+    /// whole push is refused if any entry's commit is in flight.
+    fn claim_pushes(&self, entries: Vec<Pushed>) -> Result<(Claim, Vec<(UserId, Bytes)>)> {
+        let taking = &self.inner.taking;
+        let mut claim = Claim {
+            taking: taking.clone(),
+            entries: Vec::with_capacity(entries.len()),
+        };
+        let mut appends = Vec::with_capacity(entries.len());
+        let mut repeats = 0;
+        for e in entries {
+            let state = match taking.entry(e.entry) {
+                Entry::Occupied(_) => Claimed::InFlight,
+                // Looked up under the claim's lock: a commit marks its
+                // entries taken before it releases their claims.
+                Entry::Vacant(_) if self.inner.pushes.get(&e.entry).is_some() => Claimed::Taken,
+                Entry::Vacant(slot) => {
+                    slot.insert(());
+                    Claimed::Now
+                }
+            };
+            match state {
+                // Dropping `claim` releases what this push claimed so far.
+                Claimed::InFlight => return Err(Error::PushInFlight),
+                Claimed::Taken => repeats += 1,
+                Claimed::Now => {
+                    claim.entries.push(e.entry);
+                    appends.push((e.user, e.event));
+                }
+            }
+        }
+        self.inner.metrics.pushed_repeats.inc_by(repeats);
+        Ok((claim, appends))
+    }
+
+    /// Commits claimed entries; only once that succeeded are they taken.
+    async fn commit_pushes(&self, claim: Claim, appends: Vec<(UserId, Bytes)>) -> Result<()> {
+        self.inner
             .committer
             .commit(Commit {
                 appends,
                 here: true,
                 ..Commit::default()
             })
-            .await;
-        if let Err(e) = committed {
-            for entry in claimed {
-                taken.remove(&entry);
-            }
-            return Err(e.into());
+            .await?;
+        for entry in &claim.entries {
+            self.inner.pushes.insert(*entry, ());
         }
+        // `claim` is dropped, releasing the entries, only after this.
         Ok(())
     }
 
@@ -91,6 +121,32 @@ impl Service {
         self.inner.history_cache.clear();
         self.inner.groups.clear();
         self.inner.streams.clear();
+    }
+}
+
+/// What a claim found for one pushed entry.
+enum Claimed {
+    /// Another push's commit of it is in flight.
+    InFlight,
+    /// Committed already: a repeat.
+    Taken,
+    /// Claimed by this push.
+    Now,
+}
+
+/// Pushed entries whose commit is in flight. Dropped when the commit's
+/// outcome is known (or the task ends), it releases them: a later push
+/// then finds them taken if the commit succeeded, or claims them afresh.
+struct Claim {
+    taking: Arc<DashMap<([u8; 8], u64), ()>>,
+    entries: Vec<([u8; 8], u64)>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        for entry in &self.entries {
+            self.taking.remove(entry);
+        }
     }
 }
 

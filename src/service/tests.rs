@@ -211,11 +211,39 @@ proptest! {
     }
 }
 
-/// An embedded store whose writes wait at a gate while it is closed.
+/// An embedded store whose writes wait at a gate while it is closed, and
+/// fail (writing nothing) while `fail` is set.
 struct GatedWrites {
     inner: EmbeddedStore,
     open: tokio::sync::watch::Sender<bool>,
     waiting: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicBool,
+    /// Writes refused because `fail` was set.
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedWrites {
+    fn open(dir: &std::path::Path) -> GatedWrites {
+        GatedWrites {
+            inner: EmbeddedStore::open(dir).unwrap(),
+            open: tokio::sync::watch::channel(true).0,
+            waiting: Default::default(),
+            fail: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    /// Waits (bounded) until a write waits at the closed gate.
+    async fn until_waiting(&self) {
+        use std::sync::atomic::Ordering;
+        for _ in 0..500 {
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no write reached the store");
+    }
 }
 
 #[async_trait::async_trait]
@@ -242,6 +270,10 @@ impl crate::store::Store for GatedWrites {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _ = open.wait_for(|open| *open).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(crate::store::StoreError::Unavailable("injected".into()));
+        }
         self.inner.write(batch).await
     }
     async fn check_and_put(
@@ -273,11 +305,7 @@ impl crate::store::Store for GatedWrites {
 async fn a_send_abandoned_mid_commit_does_not_give_its_seq_away() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(GatedWrites {
-        inner: EmbeddedStore::open(dir.path()).unwrap(),
-        open: tokio::sync::watch::channel(true).0,
-        waiting: Default::default(),
-    });
+    let store = Arc::new(GatedWrites::open(dir.path()));
     let node = Node::start(&Config::default(), store.clone())
         .await
         .unwrap();
@@ -342,5 +370,144 @@ async fn a_send_abandoned_mid_commit_does_not_give_its_seq_away() {
         "the abandoned send kept seq 2; the next got 3"
     );
     assert_eq!(third["seq"], 3);
+    node.shutdown().await;
+}
+
+/// Two entries a peer's outbox pushes for `user`'s mailbox, in id order.
+fn pushed(user: UserId) -> Vec<super::outbox::Pushed> {
+    (1..=2u64)
+        .map(|id| super::outbox::Pushed {
+            entry: ([7; 8], id),
+            user,
+            event: bytes::Bytes::from(format!(r#"{{"entry":{id}}}"#)),
+        })
+        .collect()
+}
+
+/// What `user`'s mailbox holds, straight from the store.
+async fn stored_events(store: &GatedWrites, user: UserId) -> Vec<bytes::Bytes> {
+    let scan = crate::store::Scan::prefix(crate::store::Table::Mailboxes, user.0.as_bytes(), 100);
+    let rows = crate::store::Store::scan(&store.inner, scan).await.unwrap();
+    rows.into_iter().map(|(_, cell)| cell).collect()
+}
+
+/// Pushes `user`'s entries as the outbox worker does: again after every
+/// refusal, until one is answered Ok (bounded).
+async fn push_until_taken(svc: &super::Service, user: UserId) {
+    for _ in 0..200 {
+        if svc.take_appends(pushed(user)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the push was never taken");
+}
+
+/// Regression (ring-loss.md): a pusher whose push timed out drops the
+/// connection, and hyper drops `take_appends` mid-commit. When that commit
+/// then failed, the entries stayed marked as taken, the retry was answered
+/// Ok as all repeats, the pusher deleted its outbox rows, and the copies
+/// were never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_abandoned_mid_commit_is_taken_again_when_that_commit_fails() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedWrites::open(dir.path()));
+    let node = Node::start(&Config::default(), store.clone())
+        .await
+        .unwrap();
+    let svc = node.service.clone();
+    let user = UserId(Uuid::new_v4());
+
+    store.open.send_replace(false);
+    let abandoned = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.take_appends(pushed(user)).await }
+    });
+    store.until_waiting().await;
+    // The pusher gave up: hyper drops the handler's future.
+    abandoned.abort();
+    let _ = abandoned.await;
+    store.fail.store(true, Ordering::SeqCst);
+    store.open.send_replace(true);
+    for _ in 0..500 {
+        if store.failed.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.failed.load(Ordering::SeqCst), 1, "the commit failed");
+    store.fail.store(false, Ordering::SeqCst);
+
+    push_until_taken(&svc, user).await;
+    let events = stored_events(&store, user).await;
+    assert_eq!(
+        events,
+        pushed(user)
+            .into_iter()
+            .map(|p| p.event)
+            .collect::<Vec<_>>(),
+        "the retry stored both entries, in order"
+    );
+    assert_eq!(
+        svc.metrics().pushed_repeats.get(),
+        0,
+        "no entry was a repeat"
+    );
+    // A real repeat now is dropped, and counted.
+    svc.take_appends(pushed(user)).await.unwrap();
+    assert_eq!(stored_events(&store, user).await.len(), 2);
+    assert_eq!(svc.metrics().pushed_repeats.get(), 2);
+    node.shutdown().await;
+}
+
+/// Regression (ring-loss.md): a repeat arriving while the first push's
+/// commit was in flight was answered Ok at once; when that commit failed,
+/// the pusher had already deleted its rows and the copies were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_during_a_commit_that_fails_is_not_answered_as_taken() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedWrites::open(dir.path()));
+    let node = Node::start(&Config::default(), store.clone())
+        .await
+        .unwrap();
+    let svc = node.service.clone();
+    let user = UserId(Uuid::new_v4());
+
+    store.open.send_replace(false);
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.take_appends(pushed(user)).await }
+    });
+    store.until_waiting().await;
+    // The repeat must not be answered Ok while the commit may still fail.
+    let repeat = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.take_appends(pushed(user)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.fail.store(true, Ordering::SeqCst);
+    store.open.send_replace(true);
+    assert!(first.await.unwrap().is_err(), "the first commit failed");
+    store.fail.store(false, Ordering::SeqCst);
+    let repeat = repeat.await.unwrap();
+    if repeat.is_err() {
+        // Refused: the pusher keeps its rows and pushes again.
+        push_until_taken(&svc, user).await;
+    }
+    assert_eq!(
+        stored_events(&store, user).await,
+        pushed(user)
+            .into_iter()
+            .map(|p| p.event)
+            .collect::<Vec<_>>(),
+        "every entry answered as taken is stored, once, in order"
+    );
+    assert_eq!(
+        svc.metrics().pushed_repeats.get(),
+        0,
+        "no entry was a repeat"
+    );
     node.shutdown().await;
 }
