@@ -9,8 +9,9 @@ use crate::domain::{ConversationId, GroupId, Message, ReceiptKind, Seq, UserId};
 use crate::store::{Mutation, Scan, Table, keys};
 
 /// Most conversations one listing considers; beyond this a user's oldest
-/// conversations drop out of "recent".
-const MAX_LISTED: usize = 10_000;
+/// conversations drop out of "recent". Each costs a read of its newest
+/// message when not cached, so this bounds what one call can cost.
+const MAX_LISTED: usize = 1_000;
 /// Most messages scanned to count one conversation's unread messages.
 const MAX_UNREAD_SCAN: usize = 1_000;
 
