@@ -253,6 +253,17 @@ pub enum Event {
     Group { group: GroupEvent },
 }
 
+/// `{"type":"message","message":<message>}` around a stored message
+/// object, without re-serializing it: the mailbox event and the stream item
+/// of a message are byte for byte the same.
+pub fn message_event(message: &[u8]) -> bytes::Bytes {
+    let mut b = bytes::BytesMut::with_capacity(message.len() + 32);
+    b.extend_from_slice(br#"{"type":"message","message":"#);
+    b.extend_from_slice(message);
+    b.extend_from_slice(b"}");
+    b.freeze()
+}
+
 /// Wall-clock Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -31,10 +31,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use quick_cache::sync::Cache;
 
-use super::send::message_event;
 use super::{Error, Result, Service};
 use crate::cluster::Cluster;
-use crate::domain::{ConversationId, StreamPos, UserId};
+use crate::domain::{ConversationId, StreamPos, UserId, message_event};
 use crate::store::{Scan, Table, keys};
 
 /// Items a tail keeps; a poller further behind reads the store.

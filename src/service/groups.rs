@@ -15,7 +15,7 @@ use super::committer::Commit;
 use super::conversations::{ConversationMeta, Membership, UserConversation};
 use super::fanout::{Item, change_pos, change_row, parse_reader_value, reader_value};
 use super::locks::KeyGuard;
-use super::send::Head;
+use super::sequencer::Head;
 use super::{Error, Result, Service};
 use crate::domain::{
     ConversationId, Event, GroupChange, GroupEvent, GroupId, Seq, StreamPos, UserId, now_ms,

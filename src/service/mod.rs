@@ -23,6 +23,7 @@ pub mod poll;
 pub mod rate;
 pub mod receipts;
 pub mod send;
+pub mod sequencer;
 pub mod takeover;
 pub mod waiters;
 
@@ -146,7 +147,7 @@ struct Inner {
     /// Sends waiting for the `prev_message_id` they name.
     arrivals: Arc<Waiters<(UserId, MessageId)>>,
     /// The sequencer: one lock per conversation, holding its head.
-    sequencer: Arc<KeyedLocks<ConversationId, send::Head>>,
+    sequencer: Arc<KeyedLocks<ConversationId, sequencer::Head>>,
     /// One in-flight send per (sender, message_id), so concurrent retries
     /// become replays instead of races.
     claims: Arc<KeyedLocks<(UserId, MessageId), ()>>,

@@ -16,14 +16,15 @@ use std::pin::pin;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::committer::Commit;
 use super::conversations::{ConversationMeta, Membership};
 use super::{Error, Result, Service};
-use crate::domain::{ConversationId, GroupId, Message, MessageId, Seq, UserId, now_ms};
-use crate::store::{Mutation, Scan, Table, keys};
+use crate::domain::{
+    ConversationId, GroupId, Message, MessageId, Seq, UserId, message_event, now_ms,
+};
+use crate::store::{Mutation, Table, keys};
 
 /// Where a message goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,29 +46,6 @@ pub struct SendRequest {
 pub struct Sent {
     pub message: Bytes,
     pub replayed: bool,
-}
-
-/// A conversation's newest message, as the sequencer knows it.
-#[derive(Debug, Default)]
-pub struct Head {
-    loaded: bool,
-    /// The ring's epoch when it was loaded: a head learned before the ring
-    /// changed may be stale (another node may have sequenced meanwhile).
-    epoch: u64,
-    seq: Seq,
-    last: Option<MessageId>,
-    /// On a ring: the conversation's counter when the head was loaded, if
-    /// it was read. Seqs between the head and it were handed out but never
-    /// stored (a send whose commit failed, or a node that stopped between
-    /// taking a seq and committing; see `next_seq`).
-    counter: Option<Seq>,
-}
-
-impl Head {
-    /// The newest seq (0 for an empty conversation); valid once loaded.
-    pub fn seq(&self) -> Seq {
-        self.seq
-    }
 }
 
 /// Where an accepted send landed: `fingerprint(32) || conversation(16) || seq(8)`.
@@ -123,15 +101,6 @@ fn fingerprint(req: &SendRequest) -> Result<[u8; 32]> {
     }
     h.update(serde_json::to_vec(&req.body)?);
     Ok(h.finalize().into())
-}
-
-/// `{"type":"message","message":<message>}` without re-serializing it.
-pub(crate) fn message_event(message: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(message.len() + 32);
-    b.extend_from_slice(br#"{"type":"message","message":"#);
-    b.extend_from_slice(message);
-    b.extend_from_slice(b"}");
-    b.freeze()
 }
 
 impl Service {
@@ -199,7 +168,7 @@ impl Service {
             conversation_id: conv,
             sender_id: sender,
             seq,
-            prev_message_id: head.last,
+            prev_message_id: head.last(),
             sent_at: now_ms(),
             body: req.body,
         };
@@ -253,15 +222,11 @@ impl Service {
         let committed = match self.inner.committer.commit(commit).await {
             Ok(committed) => committed,
             Err(e) => {
-                // The message may still land (a failed write is rolled
-                // forward before the store serves anything else): learn the
-                // head again (and the counter, on a ring).
-                head.loaded = false;
+                head.forget();
                 return Err(e.into());
             }
         };
-        head.seq = message.seq;
-        head.last = Some(message.message_id);
+        head.advance(message.seq, message.message_id);
         if fan_out_on_read {
             let item = super::fanout::Item {
                 pos: crate::domain::StreamPos {
@@ -327,144 +292,6 @@ impl Service {
         }
     }
 
-    pub(crate) async fn load_head(&self, conv: ConversationId, head: &mut Head) -> Result<()> {
-        let epoch = self.inner.cluster.epoch();
-        if head.loaded && head.epoch == epoch {
-            return Ok(());
-        }
-        head.epoch = epoch;
-        head.seq = 0;
-        head.last = None;
-        head.counter = None;
-        if let Some(page) = self.inner.history_cache.get(&conv)
-            && let Some((seq, json)) = page.messages.back()
-        {
-            head.seq = *seq;
-            head.last = Some(message_id_of(json)?);
-        } else {
-            let newest = self
-                .scan(Scan::prefix(Table::Messages, conv.0.as_bytes(), 1).rev())
-                .await?;
-            if let Some((row, json)) = newest.first() {
-                head.seq = keys::trailing_u64(row)
-                    .ok_or_else(|| Error::Internal("short message row key".into()))?;
-                head.last = Some(message_id_of(json)?);
-            }
-        }
-        head.loaded = true;
-        Ok(())
-    }
-
-    /// The seq for the next message. On one node it is `head + 1`. On a
-    /// ring two nodes may briefly both believe they own the conversation
-    /// (one was stopped, and resumes), so the seq comes from an atomic
-    /// increment of the conversation's counter in the store: never handed
-    /// out twice, whatever the nodes believe.
-    ///
-    /// A seq can be handed out and never stored: its commit failed, or its
-    /// node stopped in between and, being stale when it resumed, refused to
-    /// commit (the committer writes nothing while the node is not in the
-    /// ring). Such seqs are found when the head is loaded (the counter is
-    /// ahead of the newest message) and given to the next sends, so the
-    /// order stays gap-free.
-    async fn next_seq(&self, conv: ConversationId, head: &mut Head) -> Result<Seq> {
-        if !self.inner.cluster.is_multi_node() {
-            return Ok(head.seq + 1);
-        }
-        let row = seq_row(conv);
-        let counter = match head.counter {
-            Some(counter) => counter,
-            None => {
-                let stored = self.get(Table::Counters, &row).await?;
-                let at = match &stored {
-                    Some(b) => counter_value(b)?,
-                    None => 0,
-                };
-                if at < head.seq {
-                    // A conversation that began on a single node has
-                    // messages but no counter yet: start it at the head.
-                    let started = self
-                        .inner
-                        .store
-                        .check_and_put(
-                            Table::Counters,
-                            &row,
-                            stored.as_deref(),
-                            Bytes::copy_from_slice(&(head.seq as i64).to_be_bytes()),
-                        )
-                        .await?;
-                    if !started {
-                        tracing::info!(%conv, "another node started the conversation's counter first");
-                    }
-                }
-                let counter = at.max(head.seq);
-                if counter > head.seq && self.inner.cluster.previous_owner_alive(conv.0.as_bytes())
-                {
-                    // The conversation just moved here from a node that is
-                    // still up: a commit of its may still land in those
-                    // seqs. Wait for it (bounded) before reusing them.
-                    self.await_stragglers(conv, head, counter).await?;
-                }
-                if counter > head.seq {
-                    self.inner.metrics.seqs_reclaimed.inc_by(counter - head.seq);
-                    tracing::info!(%conv, head = head.seq, counter, "reusing seqs handed out but never stored");
-                }
-                head.counter = Some(counter);
-                counter
-            }
-        };
-        if counter > head.seq {
-            return Ok(head.seq + 1);
-        }
-        let started = Instant::now();
-        let n = self.inner.store.increment(Table::Counters, &row, 1).await?;
-        self.observe_store("increment", started);
-        let n = u64::try_from(n).map_err(|_| Error::Internal("negative seq counter".into()))?;
-        if n != head.seq + 1 {
-            // Another node sequenced this conversation since this one
-            // learned its head: both believed they owned it.
-            self.inner.metrics.seq_fence_skips.inc();
-            tracing::warn!(%conv, head = head.seq, counter = n, "the seq counter was ahead of the head");
-            head.last = match self.message_at(conv, n - 1).await? {
-                Some(json) => Some(message_id_of(&json)?),
-                None => head.last,
-            };
-            head.seq = n - 1;
-        }
-        head.counter = Some(n);
-        Ok(n)
-    }
-
-    /// Follows messages landing above the head, up to `counter`, for at
-    /// most the store's call timeout and a second.
-    async fn await_stragglers(
-        &self,
-        conv: ConversationId,
-        head: &mut Head,
-        counter: Seq,
-    ) -> Result<()> {
-        let started = tokio::time::Instant::now();
-        let deadline = started + self.inner.settings.straggler_wait;
-        let from = head.seq;
-        while head.seq < counter && tokio::time::Instant::now() < deadline {
-            match self.message_at(conv, head.seq + 1).await? {
-                Some(json) => {
-                    head.seq += 1;
-                    head.last = Some(message_id_of(&json)?);
-                }
-                None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            }
-        }
-        tracing::info!(
-            %conv,
-            landed = head.seq - from,
-            reused = counter - head.seq,
-            waited_ms = started.elapsed().as_millis() as u64,
-            "waited for the previous owner's last commits"
-        );
-        Ok(())
-    }
-
     /// Group `g`, if `user` is one of its members.
     async fn group_members(
         &self,
@@ -477,30 +304,6 @@ impl Service {
             _ => Err(Error::Forbidden("you are not a member of this group")),
         }
     }
-}
-
-/// The counter row holding a conversation's newest handed-out seq.
-fn seq_row(conv: ConversationId) -> Vec<u8> {
-    let mut row = b"seq:".to_vec();
-    row.extend_from_slice(conv.0.as_bytes());
-    row
-}
-
-fn counter_value(b: &[u8]) -> Result<Seq> {
-    let bytes: [u8; 8] = b
-        .try_into()
-        .map_err(|_| Error::Internal("malformed seq counter".into()))?;
-    u64::try_from(i64::from_be_bytes(bytes))
-        .map_err(|_| Error::Internal("negative seq counter".into()))
-}
-
-/// The `message_id` of a stored message object.
-fn message_id_of(json: &[u8]) -> Result<MessageId> {
-    #[derive(Deserialize)]
-    struct Id {
-        message_id: MessageId,
-    }
-    Ok(serde_json::from_slice::<Id>(json)?.message_id)
 }
 
 #[cfg(test)]
