@@ -16,8 +16,8 @@ use crate::domain::{MessageId, UserId};
 use crate::http::{self, Ctx, HttpLimits};
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
-use crate::service::clock::Clock;
-use crate::service::committer::{Committer, Watermark, Writer, clock_row};
+use crate::service::commit::clock::{Clock, stored_lease};
+use crate::service::commit::{Committer, Watermark, Writer};
 use crate::service::hold::HoldTimes;
 use crate::service::outbox::{Deliveries, Outbox, Pending};
 use crate::service::rate::SendRate;
@@ -26,7 +26,7 @@ use crate::service::waiters::Waiters;
 use crate::service::{Parts, Service, Settings};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::hbase::HbaseStore;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError};
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -174,14 +174,7 @@ impl Node {
         let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
         let deliveries = Arc::new(Deliveries::default());
         let pending = Arc::new(Pending::default());
-        let lease = match store.get(Table::NodeState, &clock_row(node_key)).await? {
-            Some(b) => u64::from_be_bytes(
-                b.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("clock lease".into()))?,
-            ),
-            None => 0,
-        };
+        let lease = stored_lease(store.as_ref(), node_key).await?;
         let mailbox_cache = Arc::new(MailboxCache::new(config.cache.mailbox_bytes));
         let history_cache = Arc::new(HistoryCache::new(config.cache.history_bytes));
         let mailbox_waiters: Arc<Waiters<UserId>> = Waiters::new(

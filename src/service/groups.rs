@@ -11,7 +11,7 @@ use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::committer::Commit;
+use super::commit::Commit;
 use super::conversations::{ConversationMeta, Membership, UserConversation};
 use super::fanout::{Item, change_pos, change_row, parse_reader_value, reader_value};
 use super::locks::KeyGuard;

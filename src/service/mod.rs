@@ -9,8 +9,7 @@
 //!   [`clock`]: the machinery.
 
 pub mod cache;
-pub mod clock;
-pub mod committer;
+pub mod commit;
 pub mod conversations;
 pub mod fanout;
 pub mod groups;
@@ -40,7 +39,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use self::cache::{HistoryCache, MailboxCache};
-use self::committer::{Committer, Watermark};
+use self::commit::{Committer, Watermark};
 use self::groups::GroupCache;
 use self::locks::KeyedLocks;
 use self::waiters::Waiters;

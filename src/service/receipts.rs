@@ -7,7 +7,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use super::committer::Commit;
+use super::commit::Commit;
 use super::conversations::{ConversationMeta, Membership, sender_of};
 use super::{Error, Result, Service};
 use crate::domain::{ConversationId, Event, Receipt, ReceiptKind, Seq, UserId, now_ms};

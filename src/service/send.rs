@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::committer::Commit;
+use super::commit::Commit;
 use super::conversations::{ConversationMeta, Membership};
 use super::{Error, Result, Service};
 use crate::domain::{

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
-use super::committer::{Commit, Committer, Watermark};
+use super::commit::{Commit, Committer, Watermark};
 use super::outbox::{Deliveries, Outbox, Pushed};
 use super::{Error, Result, Service};
 use crate::cluster::{Cluster, Peer, View};

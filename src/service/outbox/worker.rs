@@ -1,39 +1,19 @@
-//! The outbox worker: delivers the mailbox appends a commit deferred (the
-//! sender's own copy, receipts, and every copy owed to a mailbox another
-//! node owns), oldest first, retrying until they land.
-//!
-//! Copies for this node's mailboxes are appended through the committer,
-//! together with the removal of their entries. Copies for another node's
-//! are pushed to it (`/internal/v1/appends`, signed), then removed. Each
-//! destination gets its entries in id order, and an entry is retried
-//! before any later one to the same place, so a conversation's events
-//! reach every mailbox in seq order.
-//!
-//! On the embedded store each entry lands exactly once. Otherwise a lost
-//! answer, or two nodes draining a departed peer's outbox at once, can
-//! deliver an entry twice; the receiving node remembers the entries it took
-//! recently (by outbox and id) and drops repeats. An entry counts as taken
-//! once its commit there succeeded; a repeat arriving while that commit is
-//! in flight is refused, and pushed again. Only a repeat that reaches a
-//! node after it restarted gets through, and clients de-duplicate by
-//! `message_id`.
-//!
-//! The same worker drains a departed peer's outbox (`drain`), routing its
-//! entries to whoever owns each mailbox now.
+//! The worker: rounds of delivery, oldest entry first.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::committer::{Commit, Committer, Watermark};
+use super::deliveries::{Deliveries, Pending};
+use super::push::encode;
+use super::row::{cell_user, entry_id, parse_cell};
 use crate::cluster::{Cluster, Peer, Route};
 use crate::domain::UserId;
 use crate::metrics::Metrics;
-use crate::store::{Mutation, Row, Scan, Store, StoreError, Table, keys};
+use crate::service::commit::{Commit, Committer, Watermark};
+use crate::store::{Mutation, Row, Scan, Store, StoreError, Table};
 
 /// Entries applied per round.
 const BATCH: usize = 512;
@@ -51,54 +31,6 @@ const IDLE_RESCAN: Duration = Duration::from_secs(5);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a round some of whose entries could not be delivered.
 const BLOCKED_PAUSE: Duration = Duration::from_millis(100);
-
-/// Copies a caller waits for, by outbox id: the worker fires each once it
-/// reached its owner.
-#[derive(Default)]
-pub struct Deliveries(DashMap<u64, Arc<Notify>>);
-
-impl Deliveries {
-    pub fn register(&self, id: u64) -> Arc<Notify> {
-        let notify = Arc::new(Notify::new());
-        self.0.insert(id, notify.clone());
-        notify
-    }
-
-    pub fn remove(&self, id: u64) {
-        self.0.remove(&id);
-    }
-
-    fn delivered(&self, id: u64) {
-        if let Some((_, notify)) = self.0.remove(&id) {
-            notify.notify_one();
-        }
-    }
-}
-
-/// How many entries of this node's own outbox wait for each mailbox. While
-/// some do, the committer sends that mailbox's new events through the
-/// outbox too, behind them: appending in place would overtake them (a copy
-/// whose push is still timing out against a peer that just stopped, and
-/// whose mailbox this node took over meanwhile).
-#[derive(Default)]
-pub struct Pending(DashMap<UserId, u32>);
-
-impl Pending {
-    pub fn has(&self, user: &UserId) -> bool {
-        self.0.contains_key(user)
-    }
-
-    pub fn add(&self, user: UserId) {
-        *self.0.entry(user).or_default() += 1;
-    }
-
-    fn done(&self, user: &UserId) {
-        self.0.remove_if_mut(user, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
-    }
-}
 
 pub struct Outbox {
     pub store: Arc<dyn Store>,
@@ -134,10 +66,8 @@ impl Outbox {
             // Entries a previous run left behind count toward the depth.
             self.metrics.outbox_depth.set(left.len() as i64);
             if let Some(pending) = &self.pending {
-                for (_, cell) in &left {
-                    if let Some((user, _)) = cell.split_first_chunk::<16>() {
-                        pending.add(UserId(uuid::Uuid::from_bytes(*user)));
-                    }
+                for user in left.iter().filter_map(|(_, cell)| cell_user(cell)) {
+                    pending.add(user);
                 }
             }
         }
@@ -213,7 +143,7 @@ impl Outbox {
             let complete = watermark.get();
             if let Some(cut) = rows
                 .iter()
-                .position(|(row, _)| keys::trailing_u64(row).is_none_or(|id| id > complete))
+                .position(|(row, _)| entry_id(row).is_none_or(|id| id > complete))
             {
                 rows.truncate(cut);
             }
@@ -234,12 +164,11 @@ impl Outbox {
         let mut remote: Vec<(usize, Vec<&Row>)> = Vec::new();
         for entry in &rows {
             let (row, cell) = entry;
-            let Some((user, _)) = cell.split_first_chunk::<16>() else {
+            let Some((user, event)) = parse_cell(cell) else {
                 tracing::error!(row = ?row, "dropping a malformed outbox entry");
                 local.writes.push(delete(row));
                 continue;
             };
-            let user = UserId(uuid::Uuid::from_bytes(*user));
             match self.cluster.delivery(user.0.as_bytes()) {
                 // A departed peer's entries are delivered by the newest
                 // view: this node takes those mailboxes over, and their
@@ -248,7 +177,7 @@ impl Outbox {
                     if self.watermark.is_none()
                         || self.cluster.settled_owner(user.0.as_bytes()) =>
                 {
-                    local.appends.push((user, cell.slice(16..)));
+                    local.appends.push((user, event));
                     local.writes.push(delete(row));
                 }
                 // This node is about to own the mailbox, but the ring is
@@ -282,21 +211,14 @@ impl Outbox {
         let mut pushes = tokio::task::JoinSet::new();
         for (i, group) in remote {
             let peer = self.cluster.peers()[i].clone();
-            let body = encode(group.iter().map(|(row, cell)| {
-                (
-                    self.node_key,
-                    keys::trailing_u64(row).unwrap_or(0),
-                    cell.as_ref(),
-                )
-            }));
+            let body = encode(
+                group
+                    .iter()
+                    .map(|(row, cell)| (self.node_key, entry_id(row).unwrap_or(0), cell.as_ref())),
+            );
             let rows: Vec<(Vec<u8>, Option<UserId>)> = group
                 .iter()
-                .map(|(row, cell)| {
-                    let user = cell
-                        .split_first_chunk::<16>()
-                        .map(|(u, _)| UserId(uuid::Uuid::from_bytes(*u)));
-                    (row.clone(), user)
-                })
+                .map(|(row, cell)| (row.clone(), cell_user(cell)))
                 .collect();
             let cluster = self.cluster.clone();
             pushes.spawn(async move {
@@ -314,7 +236,7 @@ impl Outbox {
             match result {
                 Ok(()) => {
                     for (row, user) in rows {
-                        if let Some(id) = keys::trailing_u64(&row) {
+                        if let Some(id) = entry_id(&row) {
                             self.deliveries.delivered(id);
                         }
                         if let (Some(pending), Some(user)) = (&self.pending, user) {
@@ -364,79 +286,8 @@ fn rows_ids(writes: &[Mutation]) -> Vec<u64> {
     writes
         .iter()
         .filter_map(|m| match m {
-            Mutation::Delete { row, .. } => keys::trailing_u64(row),
+            Mutation::Delete { row, .. } => entry_id(row),
             Mutation::Put { .. } => None,
         })
         .collect()
-}
-
-/// One pushed entry: which outbox entry it is (so a repeat is recognised),
-/// and what to append.
-#[derive(Debug)]
-pub struct Pushed {
-    /// The outbox's node key and the entry's id.
-    pub entry: ([u8; 8], u64),
-    pub user: UserId,
-    pub event: Bytes,
-}
-
-/// A push body: per entry, `len(u32) || outbox node key(8) || id(8) ||
-/// cell`, the cell being `user(16) || event`, numbers big-endian.
-pub fn encode<'a>(entries: impl Iterator<Item = ([u8; 8], u64, &'a [u8])>) -> Bytes {
-    let mut body = BytesMut::new();
-    for (node, id, cell) in entries {
-        body.put_u32((16 + cell.len()) as u32);
-        body.put_slice(&node);
-        body.put_u64(id);
-        body.put_slice(cell);
-    }
-    body.freeze()
-}
-
-/// The entries of a push body; `None` if it is malformed.
-pub fn decode(body: &Bytes) -> Option<Vec<Pushed>> {
-    let mut entries = Vec::new();
-    let mut at = 0;
-    while at < body.len() {
-        let len = u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
-        at += 4;
-        let frame = body.get(at..at.checked_add(len)?)?;
-        let (node, rest) = frame.split_first_chunk::<8>()?;
-        let (id, rest) = rest.split_first_chunk::<8>()?;
-        let (user, _) = rest.split_first_chunk::<16>()?;
-        entries.push(Pushed {
-            entry: (*node, u64::from_be_bytes(*id)),
-            user: UserId(uuid::Uuid::from_bytes(*user)),
-            event: body.slice(at + 32..at + len),
-        });
-        at += len;
-    }
-    Some(entries)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::committer::outbox_cell;
-
-    #[test]
-    fn push_bodies_round_trip_and_reject_truncation() {
-        let a = outbox_cell(UserId(uuid::Uuid::from_u128(1)), br#"{"type":"x"}"#);
-        let b = outbox_cell(UserId(uuid::Uuid::from_u128(2)), b"{}");
-        let body = encode([([1; 8], 7, a.as_ref()), ([2; 8], 9, b.as_ref())].into_iter());
-        let entries = decode(&body).expect("well formed");
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].user, UserId(uuid::Uuid::from_u128(1)));
-        assert_eq!(entries[0].entry, ([1; 8], 7));
-        assert_eq!(&entries[0].event[..], br#"{"type":"x"}"#);
-        assert_eq!(entries[1].entry, ([2; 8], 9));
-        assert_eq!(&entries[1].event[..], b"{}");
-        for cut in 1..body.len() {
-            if cut == 4 + 16 + a.len() {
-                continue;
-            }
-            assert!(decode(&body.slice(..cut)).is_none(), "cut at {cut}");
-        }
-        assert!(decode(&Bytes::from_static(&[0, 0, 0, 3, 1, 2, 3])).is_none());
-    }
 }

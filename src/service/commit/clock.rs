@@ -7,6 +7,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
+use crate::store::{Mutation, Store, StoreError, Table};
+
 /// How far ahead a lease reaches; one store write per this much time.
 const LEASE_US: u64 = 60_000_000;
 
@@ -52,6 +56,37 @@ impl Clock {
     }
 }
 
+/// The node-state row holding the clock's lease: `node key(8) || "clock"`.
+fn clock_row(node_key: [u8; 8]) -> Vec<u8> {
+    let mut row = node_key.to_vec();
+    row.extend_from_slice(b"clock");
+    row
+}
+
+/// The write that stores `lease` (8 bytes, big-endian).
+pub fn lease_put(node_key: [u8; 8], lease: u64) -> Mutation {
+    Mutation::Put {
+        table: Table::NodeState,
+        row: clock_row(node_key),
+        value: Bytes::copy_from_slice(&lease.to_be_bytes()),
+    }
+}
+
+/// The lease an earlier run of this node stored (0 if none).
+pub async fn stored_lease(store: &dyn Store, node_key: [u8; 8]) -> Result<u64, StoreError> {
+    match store.get(Table::NodeState, &clock_row(node_key)).await? {
+        Some(b) => lease_value(&b),
+        None => Ok(0),
+    }
+}
+
+fn lease_value(b: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = b
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("clock lease".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -79,6 +114,15 @@ mod tests {
         let far = now_us() + 3_600_000_000;
         let mut c = Clock::resume(far);
         assert!(c.tick() > far);
+    }
+
+    #[test]
+    fn a_stored_lease_reads_back() {
+        let Mutation::Put { value, .. } = lease_put([1; 8], 42) else {
+            panic!("a lease is a put");
+        };
+        assert_eq!(lease_value(&value).ok(), Some(42));
+        assert!(lease_value(b"short").is_err());
     }
 
     #[test]

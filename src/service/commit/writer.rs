@@ -1,117 +1,22 @@
-//! Group commit: the one task that writes sends, receipts and group changes
-//! to the store.
-//!
-//! It drains every request waiting in its queue into a single store write
-//! (one fsync, or one HBase round trip), so durability costs one sync per
-//! batch, not per message. Being the only writer of mailbox rows, it also
-//! assigns mailbox positions: in commit order, so a reader can never see a
-//! later position before an earlier one.
+//! The committer task: drains its queue into one store write per batch,
+//! assigns positions, then updates caches and wakes readers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::cache::{HistoryCache, MailboxCache, StoredEvent};
-use super::clock::Clock;
-use super::outbox::{Deliveries, Pending};
-use super::waiters::Waiters;
+use super::clock::{Clock, lease_put};
+use super::committer::{Committed, Committer, Request};
+use super::watermark::Watermark;
 use crate::cluster::Cluster;
-use crate::domain::{ConversationId, MessageId, Position, Seq, UserId};
+use crate::domain::{MessageId, Position, UserId};
 use crate::metrics::Metrics;
+use crate::service::cache::{HistoryCache, MailboxCache, StoredEvent};
+use crate::service::outbox::deliveries::{Deliveries, Pending};
+use crate::service::outbox::row::{outbox_cell, outbox_row};
+use crate::service::waiters::Waiters;
 use crate::store::{Fence, Mutation, Store, StoreError, Table, keys};
-
-/// One unit of work that must become durable as a whole.
-#[derive(Default)]
-pub struct Commit {
-    /// Rows to put or delete as they are.
-    pub writes: Vec<Mutation>,
-    /// Events to append to mailboxes; positions are assigned at commit.
-    pub appends: Vec<(UserId, Bytes)>,
-    /// Events owed to mailboxes through the outbox (the sender's copy,
-    /// receipts): written durably now, appended by the outbox worker.
-    pub outbox: Vec<(UserId, Bytes)>,
-    /// A message entering a conversation, for the history cache.
-    pub message: Option<(ConversationId, Seq, Bytes)>,
-    /// A send to announce to pipelined sends waiting for it.
-    pub arrival: Option<(UserId, MessageId)>,
-    /// The recipient whose copy the caller waits for when another node owns
-    /// its mailbox (a direct message: receiver first).
-    pub await_delivery: Option<UserId>,
-    /// Append here whatever the serving view says: the caller checked that
-    /// this node owns the mailboxes by both views (pushed and re-routed
-    /// copies, which must not go round the outbox again).
-    pub here: bool,
-}
-
-/// What a commit became.
-#[derive(Debug)]
-pub struct Committed {
-    /// The position of each append this node made, in order.
-    pub positions: Vec<Position>,
-    /// Fired when the copy for `await_delivery` reached its owner.
-    pub delivered: Option<Arc<tokio::sync::Notify>>,
-}
-
-struct Request {
-    commit: Commit,
-    accepted_at: Instant,
-    reply: oneshot::Sender<Result<Committed, StoreError>>,
-}
-
-/// The committer's queue. Cloning is shallow.
-#[derive(Clone)]
-pub struct Committer {
-    queue: mpsc::UnboundedSender<Request>,
-}
-
-/// The newest position (mailbox row or outbox id) of a batch that has fully
-/// landed. On HBase a batch's rows become readable one by one while it is
-/// written, and a failed batch lands later, when it is rolled forward
-/// (store/hbase/intents.rs); readers ignore this node's rows above the
-/// watermark, so they never see a later position before an earlier one.
-///
-/// It also knows the newest position this node's clock has issued. On a
-/// ring, a mailbox this node took over may hold rows another node wrote at
-/// positions above both (that node's clock ran ahead, as a restarted
-/// node's does): those are complete, and are read at once.
-#[derive(Debug)]
-pub struct Watermark {
-    complete: AtomicU64,
-    issued: AtomicU64,
-}
-
-impl Watermark {
-    /// Everything at or below `position` (the clock's lease at start) is
-    /// already complete in the store.
-    pub fn new(position: u64) -> Watermark {
-        Watermark {
-            complete: AtomicU64::new(position),
-            issued: AtomicU64::new(position),
-        }
-    }
-
-    pub fn get(&self) -> u64 {
-        self.complete.load(Ordering::Acquire)
-    }
-
-    /// Whether a reader may see the row at `position`: not one of this
-    /// node's batches still being written.
-    pub fn visible(&self, position: u64) -> bool {
-        position <= self.get() || position > self.issued.load(Ordering::Acquire)
-    }
-
-    /// Before a batch with positions up to `position` is written.
-    fn issue(&self, position: u64) {
-        self.issued.fetch_max(position, Ordering::AcqRel);
-    }
-
-    fn raise(&self, position: u64) {
-        self.complete.fetch_max(position, Ordering::AcqRel);
-    }
-}
 
 /// What the committer task owns.
 pub struct Writer {
@@ -158,44 +63,6 @@ impl Committer {
         let task = tokio::spawn(writer.run(rx));
         (Committer { queue }, task)
     }
-
-    /// Makes `commit` durable; returns once it is on disk.
-    pub async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let request = Request {
-            commit,
-            accepted_at: Instant::now(),
-            reply,
-        };
-        self.queue
-            .send(request)
-            .map_err(|_| StoreError::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
-    }
-}
-
-/// The outbox row key of this node's entry `id`.
-pub fn outbox_row(node_key: [u8; 8], id: u64) -> Vec<u8> {
-    let mut row = Vec::with_capacity(16);
-    row.extend_from_slice(&node_key);
-    row.extend_from_slice(&id.to_be_bytes());
-    row
-}
-
-/// The outbox cell: `user(16) || event JSON`.
-pub fn outbox_cell(user: UserId, event: &[u8]) -> Bytes {
-    let mut cell = BytesMut::with_capacity(16 + event.len());
-    cell.put_slice(user.0.as_bytes());
-    cell.put_slice(event);
-    cell.freeze()
-}
-
-/// The node-state row holding the clock's lease.
-pub fn clock_row(node_key: [u8; 8]) -> Vec<u8> {
-    let mut row = node_key.to_vec();
-    row.extend_from_slice(b"clock");
-    row
 }
 
 impl Writer {
@@ -337,14 +204,7 @@ impl Writer {
         if let Some(lease) = self.clock.renew() {
             // First in the batch: on a store without atomic batches the
             // lease lands no later than the positions it covers.
-            writes.insert(
-                0,
-                Mutation::Put {
-                    table: Table::NodeState,
-                    row: clock_row(self.node_key),
-                    value: Bytes::copy_from_slice(&lease.to_be_bytes()),
-                },
-            );
+            writes.insert(0, lease_put(self.node_key, lease));
         }
 
         // A barrier (nothing to write) takes a fresh tick: on a node that
@@ -446,150 +306,6 @@ impl Writer {
                 positions,
                 delivered: delivered.map(|(_, notify)| notify),
             }));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use tokio::sync::Semaphore;
-
-    use super::*;
-    use crate::domain::UserId;
-    use crate::store::{Row, Scan};
-
-    /// A store whose writes wait at a gate and record their sizes.
-    struct GatedStore {
-        gate: Semaphore,
-        writes: Mutex<Vec<usize>>,
-    }
-
-    #[async_trait]
-    impl Store for GatedStore {
-        async fn get(&self, _: Table, _: &[u8]) -> Result<Option<Bytes>, StoreError> {
-            Ok(None)
-        }
-        async fn scan(&self, _: Scan) -> Result<Vec<Row>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn write(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
-            let permit = self
-                .gate
-                .acquire()
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            permit.forget();
-            self.writes.lock().unwrap().push(batch.len());
-            Ok(())
-        }
-        async fn check_and_put(
-            &self,
-            _: Table,
-            _: &[u8],
-            _: Option<&[u8]>,
-            _: Bytes,
-        ) -> Result<bool, StoreError> {
-            Err(StoreError::Unavailable("not used here".into()))
-        }
-        async fn increment(&self, _: Table, _: &[u8], _: i64) -> Result<i64, StoreError> {
-            Err(StoreError::Unavailable("not used here".into()))
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
-
-    fn writer(store: Arc<GatedStore>) -> Writer {
-        Writer {
-            store,
-            node_key: [0; 8],
-            clock: Clock::resume(0),
-            max_batch: 1024,
-            mailbox_cache: Arc::new(MailboxCache::new(1 << 20)),
-            history_cache: Arc::new(HistoryCache::new(1 << 20)),
-            mailbox_waiters: Waiters::new(8, 8),
-            arrivals: Waiters::new(8, 8),
-            outbox_kick: Arc::new(tokio::sync::Notify::new()),
-            metrics: Arc::new(Metrics::new()),
-            watermark: Arc::new(Watermark::new(0)),
-            closing: tokio_util::sync::CancellationToken::new(),
-            cluster: Cluster::new(
-                &crate::config::ClusterConfig::default(),
-                std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-                b"",
-            ),
-            deliveries: Arc::new(Deliveries::default()),
-            pending: Arc::new(Pending::default()),
-        }
-    }
-
-    fn one_append(n: u128) -> Commit {
-        Commit {
-            appends: vec![(
-                UserId(uuid::Uuid::from_u128(n % 3)),
-                Bytes::from_static(b"{}"),
-            )],
-            ..Commit::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn commits_waiting_together_share_one_write() {
-        let store = Arc::new(GatedStore {
-            gate: Semaphore::new(0),
-            writes: Mutex::new(Vec::new()),
-        });
-        let (committer, _task) = Committer::start(writer(store.clone()));
-        // The first commit holds the store; fifty more queue behind it.
-        let first = tokio::spawn({
-            let c = committer.clone();
-            async move { c.commit(one_append(0)).await }
-        });
-        tokio::task::yield_now().await;
-        let rest: Vec<_> = (1..=50)
-            .map(|n| {
-                let c = committer.clone();
-                tokio::spawn(async move { c.commit(one_append(n)).await })
-            })
-            .collect();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        store.gate.add_permits(2);
-        first.await.unwrap().unwrap();
-        let mut positions = Vec::new();
-        for r in rest {
-            positions.extend(r.await.unwrap().unwrap().positions);
-        }
-        // Two writes: the first alone, then the fifty together (plus the
-        // clock lease in the first).
-        assert_eq!(store.writes.lock().unwrap().len(), 2);
-        assert!(
-            positions.windows(2).all(|w| w[0] < w[1]),
-            "positions follow commit order"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_fails_every_commit_in_it() {
-        let store = Arc::new(GatedStore {
-            gate: Semaphore::new(0),
-            writes: Mutex::new(Vec::new()),
-        });
-        let (committer, _task) = Committer::start(writer(store.clone()));
-        let pending: Vec<_> = (0..5)
-            .map(|n| {
-                let c = committer.clone();
-                tokio::spawn(async move { c.commit(one_append(n)).await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        store.gate.close();
-        for p in pending {
-            assert!(matches!(p.await.unwrap(), Err(StoreError::Unavailable(_))));
         }
     }
 }
