@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::commit::Commit;
 use super::conversations::{ConversationMeta, Membership, UserConversation};
-use super::fanout::{Item, change_pos, change_row, parse_reader_value, reader_value};
+use super::fanout::Item;
+use super::fanout::rows::{change_pos, change_row, parse_reader_value, reader_value};
 use super::locks::KeyGuard;
 use super::sequencer::Head;
 use super::{Error, Result, Service};

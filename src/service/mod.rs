@@ -27,8 +27,6 @@ pub mod takeover;
 pub mod waiters;
 
 #[cfg(test)]
-mod fanout_tests;
-#[cfg(test)]
 mod ring_tests;
 #[cfg(test)]
 mod tests;

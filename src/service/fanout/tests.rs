@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Error;
-use super::groups::{ChangeMembers, CreateGroup};
-use super::poll::PollRequest;
-use super::send::{Destination, SendRequest};
 use crate::app::Node;
 use crate::config::Config;
 use crate::domain::{ConversationId, Cursor, GroupId, MessageId, StreamPos, UserId};
+use crate::service::Error;
+use crate::service::groups::{ChangeMembers, CreateGroup};
+use crate::service::poll::PollRequest;
+use crate::service::send::{Destination, SendRequest};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Mutation, Row, Scan, Store, StoreError, Table};
 
@@ -146,7 +146,7 @@ impl World {
         user: UserId,
         cursor: &Cursor,
         limit: usize,
-    ) -> super::Result<super::poll::PollAnswer> {
+    ) -> crate::service::Result<crate::service::poll::PollAnswer> {
         let req = PollRequest {
             cursor: Some(cursor.clone()),
             timeout: Duration::ZERO,
@@ -271,7 +271,7 @@ async fn members_who_join_or_leave_read_exactly_their_share() {
             leaves,
             ConversationId::from(g),
             10,
-            super::history::Window::Newest { offset: 0 },
+            crate::service::history::Window::Newest { offset: 0 },
         )
         .await
         .unwrap();
