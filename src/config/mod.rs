@@ -3,7 +3,6 @@
 //! Loaded and validated before any port is bound; a bad file is a usage
 //! error (exit 2) naming the key or path.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +13,7 @@ use serde::Deserialize;
 
 mod edge;
 mod secret;
+mod validate;
 pub use edge::{CorsConfig, DemoConfig};
 use secret::{generated_secret, read_secret_file};
 
@@ -465,146 +465,12 @@ impl Config {
 
     /// Checks the rules serde cannot express. Errors name the dotted key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| {
-            Err(ConfigError::Invalid {
-                file: None,
-                key: key.to_owned(),
-                reason,
-            })
-        };
-
         self.auth.validate()?;
-
-        if self.storage.path.as_os_str().is_empty() {
-            return invalid("storage.path", "must not be empty".to_owned());
-        }
-        let hbase = &self.storage.hbase;
-        if self.storage.backend == Backend::Hbase && hbase.thrift.trim().is_empty() {
-            return invalid(
-                "storage.hbase.thrift",
-                "must name the Thrift server when backend = \"hbase\"".to_owned(),
-            );
-        }
-        if hbase.pool_size == 0 {
-            return invalid("storage.hbase.pool_size", "must be at least 1".to_owned());
-        }
-        if hbase.connect_timeout.is_zero() || hbase.call_timeout.is_zero() {
-            return invalid(
-                "storage.hbase.call_timeout",
-                "connect_timeout and call_timeout must be above 0".to_owned(),
-            );
-        }
-        if !hbase
-            .table_prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-        {
-            return invalid(
-                "storage.hbase.table_prefix",
-                "may hold only letters, digits, '_', '-' and '.' (HBase table names)".to_owned(),
-            );
-        }
-
-        let poll = &self.poll;
-        if poll.max_timeout < Duration::from_secs(1) {
-            return invalid("poll.max_timeout", "must be at least 1 second".to_owned());
-        }
-        if poll.default_timeout > poll.max_timeout {
-            return invalid(
-                "poll.default_timeout",
-                format!(
-                    "{} s is more than poll.max_timeout ({} s)",
-                    poll.default_timeout.as_secs(),
-                    poll.max_timeout.as_secs()
-                ),
-            );
-        }
-
-        let nonzero: [(&str, u64); 8] = [
-            ("send.max_batch", self.send.max_batch as u64),
-            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
-            (
-                "limits.max_polls_per_user",
-                self.limits.max_polls_per_user as u64,
-            ),
-            (
-                "limits.max_polls_per_node",
-                self.limits.max_polls_per_node as u64,
-            ),
-            (
-                "limits.max_group_members",
-                self.limits.max_group_members as u64,
-            ),
-            ("cache.mailbox_bytes", self.cache.mailbox_bytes),
-            ("cache.history_bytes", self.cache.history_bytes),
-            (
-                "send.large_group_threshold",
-                self.send.large_group_threshold as u64,
-            ),
-        ];
-        if let Some((key, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-            return invalid(key, "must be greater than 0".to_owned());
-        }
-
+        self.storage.validate()?;
+        self.poll.validate()?;
+        self.validate_nonzero()?;
         self.validate_edge()?;
-
-        let cluster = &self.cluster;
-        if cluster.node_id.trim().is_empty() {
-            return invalid("cluster.node_id", "must not be empty".to_owned());
-        }
-        if !cluster.peers.is_empty() {
-            let mut ids = HashSet::new();
-            for peer in &cluster.peers {
-                if !ids.insert(peer.id.as_str()) {
-                    return invalid(
-                        "cluster.peers",
-                        format!("the id {:?} appears more than once", peer.id),
-                    );
-                }
-            }
-            if !ids.contains(cluster.node_id.as_str()) {
-                return invalid(
-                    "cluster.node_id",
-                    format!(
-                        "{:?} is not among cluster.peers; list every node of the ring, this one included",
-                        cluster.node_id
-                    ),
-                );
-            }
-            let mut addrs = HashSet::new();
-            if let Some(peer) = cluster.peers.iter().find(|p| !addrs.insert(p.addr)) {
-                return invalid(
-                    "cluster.peers",
-                    format!("the address {} appears more than once", peer.addr),
-                );
-            }
-            if cluster.is_multi_node() && self.storage.backend != Backend::Hbase {
-                return invalid(
-                    "storage.backend",
-                    "several cluster.peers need backend = \"hbase\": nodes share one store"
-                        .to_owned(),
-                );
-            }
-        }
-        for (key, value) in [
-            ("cluster.heartbeat_interval", cluster.heartbeat_interval),
-            ("cluster.heartbeat_timeout", cluster.heartbeat_timeout),
-            ("cluster.forward_timeout", cluster.forward_timeout),
-        ] {
-            if value.is_zero() {
-                return invalid(key, "must be greater than 0".to_owned());
-            }
-        }
-        // A node must get a renewal in (heartbeat_timeout) and try again
-        // (heartbeat_interval) within the three quarters of the lease it
-        // keeps writing on.
-        if cluster.lease <= (cluster.heartbeat_interval + cluster.heartbeat_timeout) * 2 {
-            return invalid(
-                "cluster.lease",
-                "must exceed twice heartbeat_interval + heartbeat_timeout".to_owned(),
-            );
-        }
-        Ok(())
+        self.cluster.validate(self.storage.backend)
     }
 
     /// The HS256 key, per the contract:

@@ -13,16 +13,20 @@
 //!    for that commit's fsync.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use super::commit::Commit;
 use super::conversations::{ConversationMeta, Membership};
+use super::fanout::Item;
+use super::groups::GroupState;
 use super::{Error, Result, Service};
 use crate::domain::{
-    ConversationId, GroupId, Message, MessageId, Seq, UserId, message_event, now_ms,
+    ConversationId, GroupId, Message, MessageId, Seq, StreamPos, UserId, message_event, now_ms,
 };
 use crate::store::{Mutation, Table, keys};
 
@@ -103,6 +107,92 @@ fn fingerprint(req: &SendRequest) -> Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
+/// What a send writes besides the message, decided without I/O once the
+/// destination, its group (if any) and the seq are known.
+#[derive(Debug, PartialEq)]
+struct SendPlan {
+    /// Mailboxes that get a copy in the commit, the sender's own last.
+    copies: Vec<UserId>,
+    /// A large group's members read it from its stream: no copies.
+    fan_out_on_read: bool,
+    /// Receiver first: a direct message is acknowledged once its
+    /// recipient's copy is durable, on whichever node owns it.
+    await_delivery: Option<UserId>,
+    /// A direct conversation's first message creates its metadata rows.
+    direct_meta: Option<[UserId; 2]>,
+}
+
+impl SendPlan {
+    fn new(sender: UserId, to: Destination, group: Option<&GroupState>, seq: Seq) -> SendPlan {
+        let fan_out_on_read = group.is_some_and(|g| g.large_from.is_some());
+        let mut copies = match (to, group) {
+            (Destination::User(to), _) => vec![to],
+            (_, Some(group)) if !fan_out_on_read => group
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != sender)
+                .collect(),
+            _ => Vec::new(),
+        };
+        // The sender's own copy, in the same commit. The committer writes
+        // it in place when this node owns the sender's mailbox (a copy sent
+        // later through the outbox would land after messages others sent
+        // next, out of seq order) and through the outbox otherwise, in the
+        // same order as every other event of this conversation.
+        if !copies.contains(&sender) && !fan_out_on_read {
+            copies.push(sender);
+        }
+        SendPlan {
+            copies,
+            fan_out_on_read,
+            await_delivery: match to {
+                Destination::User(to) if to != sender => Some(to),
+                _ => None,
+            },
+            direct_meta: match (to, seq) {
+                (Destination::User(to), 1) => Some([sender, to]),
+                _ => None,
+            },
+        }
+    }
+
+    /// The one commit holding the message, its idempotency record and the
+    /// copies.
+    fn commit(
+        &self,
+        message: &Message,
+        json: Bytes,
+        event: Bytes,
+        record: &SentRecord,
+    ) -> Result<Commit> {
+        let (conv, sender) = (message.conversation_id, message.sender_id);
+        let mut writes = vec![
+            Mutation::Put {
+                table: Table::Messages,
+                row: keys::id_u64(conv.0, message.seq),
+                value: json.clone(),
+            },
+            Mutation::Put {
+                table: Table::Idempotency,
+                row: keys::id_id(sender.0, message.message_id.0),
+                value: record.encode(),
+            },
+        ];
+        if let Some(members) = self.direct_meta {
+            writes.extend(ConversationMeta::Direct { members }.rows(conv, now_ms())?);
+        }
+        Ok(Commit {
+            writes,
+            appends: self.copies.iter().map(|u| (*u, event.clone())).collect(),
+            message: Some((conv, message.seq, json)),
+            arrival: Some((sender, message.message_id)),
+            await_delivery: self.await_delivery,
+            ..Commit::default()
+        })
+    }
+}
+
 impl Service {
     pub async fn send(&self, sender: UserId, req: SendRequest) -> Result<Sent> {
         let this = self.clone();
@@ -113,22 +203,9 @@ impl Service {
         let accepted = Instant::now();
         let fingerprint = fingerprint(&req)?;
         let _claim = self.inner.claims.lock((sender, req.message_id)).await;
-
-        if let Some(record) = self.sent_record(sender, req.message_id).await? {
-            if record.fingerprint != fingerprint {
-                return Err(Error::IdempotencyConflict);
-            }
-            let message = self
-                .message_at(record.conversation, record.seq)
-                .await?
-                .ok_or_else(|| Error::Internal("a send record points at no message".into()))?;
-            self.inner.metrics.duplicate_sends.inc();
-            return Ok(Sent {
-                message,
-                replayed: true,
-            });
+        if let Some(replay) = self.replay(sender, req.message_id, fingerprint).await? {
+            return Ok(replay);
         }
-
         let conv = match req.to {
             Destination::User(to) => ConversationId::direct(sender, to),
             Destination::Group(g) => {
@@ -139,7 +216,61 @@ impl Service {
         if let Some(prev) = req.prev_message_id {
             self.await_prev(sender, prev, conv).await?;
         }
+        let (message, seq, delivered) = self.sequence(sender, conv, req, fingerprint).await?;
+        if let Some(delivered) = delivered {
+            let wait = self.inner.cluster.settings.remote_wait;
+            if tokio::time::timeout(wait, delivered.notified())
+                .await
+                .is_err()
+            {
+                // Durable in the conversation and the outbox, which keeps
+                // trying: acknowledged, and counted.
+                self.inner.metrics.sends_acked_before_delivery.inc();
+            }
+        }
+        self.inner.metrics.messages_accepted.inc();
+        tracing::debug!(%conv, seq, elapsed_us = accepted.elapsed().as_micros() as u64, "message accepted");
+        Ok(Sent {
+            message,
+            replayed: false,
+        })
+    }
 
+    /// The stored message, if this send was accepted before (the same
+    /// fingerprint); a conflict if the id was used for another message.
+    async fn replay(
+        &self,
+        sender: UserId,
+        id: MessageId,
+        fingerprint: [u8; 32],
+    ) -> Result<Option<Sent>> {
+        let Some(record) = self.sent_record(sender, id).await? else {
+            return Ok(None);
+        };
+        if record.fingerprint != fingerprint {
+            return Err(Error::IdempotencyConflict);
+        }
+        let message = self
+            .message_at(record.conversation, record.seq)
+            .await?
+            .ok_or_else(|| Error::Internal("a send record points at no message".into()))?;
+        self.inner.metrics.duplicate_sends.inc();
+        Ok(Some(Sent {
+            message,
+            replayed: true,
+        }))
+    }
+
+    /// Under the conversation's sequencer lock: takes the next seq and
+    /// commits the message with its copies. Returns the stored message, its
+    /// seq, and what fires once a remote recipient has its copy.
+    async fn sequence(
+        &self,
+        sender: UserId,
+        conv: ConversationId,
+        req: SendRequest,
+        fingerprint: [u8; 32],
+    ) -> Result<(Bytes, Seq, Option<Arc<Notify>>)> {
         let mut head = self.inner.sequencer.lock(conv).await;
         self.still_owner(conv)?;
         self.load_head(conv, &mut head).await?;
@@ -149,20 +280,8 @@ impl Service {
             Destination::User(_) => None,
             Destination::Group(g) => Some(self.group_members(g, sender).await?),
         };
-        // A large group's members read it from its stream: no copies.
-        let fan_out_on_read = group.as_ref().is_some_and(|g| g.large_from.is_some());
-        let recipients = match (req.to, &group) {
-            (Destination::User(to), _) => vec![to],
-            (_, Some(group)) if !fan_out_on_read => group
-                .members
-                .iter()
-                .copied()
-                .filter(|m| *m != sender)
-                .collect(),
-            _ => Vec::new(),
-        };
-
         let seq = self.next_seq(conv, &mut head).await?;
+        let plan = SendPlan::new(sender, req.to, group.as_deref(), seq);
         let message = Message {
             message_id: req.message_id,
             conversation_id: conv,
@@ -177,48 +296,9 @@ impl Service {
         let record = SentRecord {
             fingerprint,
             conversation: conv,
-            seq: message.seq,
+            seq,
         };
-
-        let mut commit = Commit {
-            writes: vec![
-                Mutation::Put {
-                    table: Table::Messages,
-                    row: keys::id_u64(conv.0, message.seq),
-                    value: json.clone(),
-                },
-                Mutation::Put {
-                    table: Table::Idempotency,
-                    row: keys::id_id(sender.0, req.message_id.0),
-                    value: record.encode(),
-                },
-            ],
-            appends: recipients.iter().map(|r| (*r, event.clone())).collect(),
-            message: Some((conv, message.seq, json.clone())),
-            arrival: Some((sender, req.message_id)),
-            // Receiver first: a direct message is acknowledged once its
-            // recipient's copy is durable, on whichever node owns it.
-            await_delivery: match req.to {
-                Destination::User(to) if to != sender => Some(to),
-                _ => None,
-            },
-            ..Commit::default()
-        };
-        // The sender's own copy, in the same commit. The committer writes
-        // it in place when this node owns the sender's mailbox (a copy sent
-        // later through the outbox would land after messages others sent
-        // next, out of seq order) and through the outbox otherwise, in the
-        // same order as every other event of this conversation.
-        if !recipients.contains(&sender) && !fan_out_on_read {
-            commit.appends.push((sender, event.clone()));
-        }
-        if let (Destination::User(to), 1) = (req.to, message.seq) {
-            let meta = ConversationMeta::Direct {
-                members: [sender, to],
-            };
-            commit.writes.extend(meta.rows(conv, now_ms())?);
-        }
-
+        let commit = plan.commit(&message, json.clone(), event.clone(), &record)?;
         let committed = match self.inner.committer.commit(commit).await {
             Ok(committed) => committed,
             Err(e) => {
@@ -226,35 +306,12 @@ impl Service {
                 return Err(e.into());
             }
         };
-        head.advance(message.seq, message.message_id);
-        if fan_out_on_read {
-            let item = super::fanout::Item {
-                pos: crate::domain::StreamPos {
-                    seq: message.seq,
-                    sub: 0,
-                },
-                event: event.clone(),
-            };
-            self.stream_moved(conv, item).await;
+        head.advance(seq, message.message_id);
+        if plan.fan_out_on_read {
+            let pos = StreamPos { seq, sub: 0 };
+            self.stream_moved(conv, Item { pos, event }).await;
         }
-        drop(head);
-        if let Some(delivered) = committed.delivered {
-            let wait = self.inner.cluster.settings.remote_wait;
-            if tokio::time::timeout(wait, delivered.notified())
-                .await
-                .is_err()
-            {
-                // Durable in the conversation and the outbox, which keeps
-                // trying: acknowledged, and counted.
-                self.inner.metrics.sends_acked_before_delivery.inc();
-            }
-        }
-        self.inner.metrics.messages_accepted.inc();
-        tracing::debug!(%conv, seq = message.seq, elapsed_us = accepted.elapsed().as_micros() as u64, "message accepted");
-        Ok(Sent {
-            message: json,
-            replayed: false,
-        })
+        Ok((json, seq, committed.delivered))
     }
 
     async fn sent_record(&self, sender: UserId, id: MessageId) -> Result<Option<SentRecord>> {
@@ -293,11 +350,7 @@ impl Service {
     }
 
     /// Group `g`, if `user` is one of its members.
-    async fn group_members(
-        &self,
-        g: GroupId,
-        user: UserId,
-    ) -> Result<std::sync::Arc<super::groups::GroupState>> {
+    async fn group_members(&self, g: GroupId, user: UserId) -> Result<Arc<GroupState>> {
         let group = self.group_state(g).await?.ok_or(Error::NotFound("group"))?;
         match group.membership(user) {
             Membership::Member => Ok(group),
@@ -325,6 +378,52 @@ mod tests {
         let mut other = req(r#"{"a":1,"b":2}"#);
         other.to = Destination::Group(GroupId(uuid::Uuid::from_u128(1)));
         assert_ne!(a, fingerprint(&other).unwrap());
+    }
+
+    fn user(n: u128) -> UserId {
+        UserId(uuid::Uuid::from_u128(n))
+    }
+
+    fn group(members: &[u128], large: bool) -> GroupState {
+        let members: Vec<UserId> = members.iter().map(|n| user(*n)).collect();
+        GroupState {
+            info: super::super::groups::GroupInfo {
+                group_id: GroupId(uuid::Uuid::from_u128(100)),
+                name: "g".into(),
+                owner_id: members[0],
+                member_count: members.len(),
+                created_at: 0,
+            },
+            members: Arc::new(members),
+            large_from: large.then(StreamPos::default),
+            last_change: StreamPos::default(),
+        }
+    }
+
+    #[test]
+    fn a_direct_message_copies_receiver_then_sender_and_awaits_the_receiver() {
+        let (a, b) = (user(1), user(2));
+        let first = SendPlan::new(a, Destination::User(b), None, 1);
+        assert_eq!(first.copies, [b, a]);
+        assert_eq!(first.await_delivery, Some(b));
+        assert_eq!(first.direct_meta, Some([a, b]), "the first creates it");
+        assert!(!first.fan_out_on_read);
+        let later = SendPlan::new(a, Destination::User(b), None, 2);
+        assert_eq!(later.direct_meta, None);
+        let to_self = SendPlan::new(a, Destination::User(a), None, 2);
+        assert_eq!(to_self.copies, [a], "one copy to oneself");
+        assert_eq!(to_self.await_delivery, None);
+    }
+
+    #[test]
+    fn a_group_message_copies_every_member_unless_the_group_is_large() {
+        let g = Destination::Group(GroupId(uuid::Uuid::from_u128(100)));
+        let small = SendPlan::new(user(2), g, Some(&group(&[1, 2, 3], false)), 1);
+        assert_eq!(small.copies, [user(1), user(3), user(2)], "sender last");
+        assert_eq!((small.await_delivery, small.direct_meta), (None, None));
+        let large = SendPlan::new(user(2), g, Some(&group(&[1, 2, 3], true)), 1);
+        assert!(large.fan_out_on_read);
+        assert!(large.copies.is_empty(), "read from the stream");
     }
 
     #[test]
