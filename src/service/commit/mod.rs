@@ -9,10 +9,12 @@
 //!
 //! - `committer.rs`: the handle callers use ([`Commit`] in, [`Committed`] out);
 //! - `writer.rs`: the task ([`Writer`]) that batches, writes and wakes;
+//! - `batch.rs`: a batch laid out, positions assigned (a pure plan);
 //! - `watermark.rs`: how far batches have landed ([`Watermark`]);
 //! - [`clock`]: the positions it hands out, and the lease row that keeps them
 //!   increasing across restarts.
 
+mod batch;
 pub mod clock;
 mod committer;
 mod watermark;

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-use super::clock::{Clock, lease_put};
+use super::batch::Batch;
+use super::clock::Clock;
 use super::committer::{Committed, Committer, Request};
 use super::watermark::Watermark;
 use crate::cluster::Cluster;
@@ -14,7 +15,6 @@ use crate::domain::{MessageId, Position, UserId};
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache, StoredEvent};
 use crate::service::outbox::deliveries::{Deliveries, Pending};
-use crate::service::outbox::row::{outbox_cell, outbox_row};
 use crate::service::waiters::Waiters;
 use crate::store::{Fence, Mutation, Store, StoreError, Table, keys};
 
@@ -166,62 +166,43 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, mut requests: Vec<Request>) {
-        let mut writes = Vec::new();
-        let mut positions: Vec<Vec<u64>> = Vec::with_capacity(requests.len());
-        let mut delivered: Vec<Option<(u64, Arc<tokio::sync::Notify>)>> =
-            Vec::with_capacity(requests.len());
-        let mut outbox_rows = 0;
-        for request in &mut requests {
-            writes.append(&mut request.commit.writes);
-            let c = &request.commit;
-            let mut mine = Vec::with_capacity(c.appends.len());
-            for (user, event) in &c.appends {
-                let position = self.clock.tick();
-                tracing::trace!(%user, position, event = %String::from_utf8_lossy(&event[..event.len().min(600)]), "append");
-                writes.push(Mutation::Put {
-                    table: Table::Mailboxes,
-                    row: keys::id_u64(user.0, position),
-                    value: event.clone(),
-                });
-                mine.push(position);
-            }
-            let mut notify = None;
-            for (user, event) in &c.outbox {
-                let id = self.clock.tick();
-                if c.await_delivery == Some(*user) && notify.is_none() {
-                    notify = Some((id, self.deliveries.register(id)));
-                }
-                writes.push(Mutation::Put {
-                    table: Table::Outbox,
-                    row: outbox_row(self.node_key, id),
-                    value: outbox_cell(*user, event),
-                });
-                outbox_rows += 1;
-            }
-            positions.push(mine);
-            delivered.push(notify);
-        }
-        if let Some(lease) = self.clock.renew() {
-            // First in the batch: on a store without atomic batches the
-            // lease lands no later than the positions it covers.
-            writes.insert(0, lease_put(self.node_key, lease));
-        }
-
-        // A barrier (nothing to write) takes a fresh tick: on a node that
-        // just took mailboxes over, rows their previous owner wrote up to
-        // now become readable.
-        let newest = if writes.is_empty() {
-            self.clock.tick()
-        } else {
-            self.clock.last()
-        };
-        self.watermark.issue(newest);
+        let commits = requests.iter_mut().map(|r| &mut r.commit);
+        let batch = Batch::plan(commits, &mut self.clock, self.node_key);
+        let delivered: Vec<Option<(u64, Arc<Notify>)>> = batch
+            .awaited
+            .iter()
+            .map(|id| id.map(|id| (id, self.deliveries.register(id))))
+            .collect();
+        self.watermark.issue(batch.newest);
         self.metrics
             .commit_batch_size
             .observe(requests.len() as f64);
         let started = Instant::now();
-        // An empty batch (a barrier) only raises the watermark.
-        let result = if writes.is_empty() {
+        let result = self.write(batch.writes).await;
+        let durable_at = Instant::now();
+        self.metrics
+            .store_seconds
+            .with_label_values(&["write"])
+            .observe((durable_at - started).as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.watermark.raise(batch.newest);
+                self.landed(
+                    requests,
+                    batch.positions,
+                    delivered,
+                    batch.outbox_rows,
+                    durable_at,
+                );
+            }
+            Err(e) => self.failed(requests, delivered, e),
+        }
+    }
+
+    /// Writes the batch; an empty batch (a barrier) only raises the
+    /// watermark.
+    async fn write(&self, writes: Vec<Mutation>) -> Result<(), StoreError> {
+        if writes.is_empty() {
             Ok(())
         } else if self.cluster.is_multi_node() {
             // Checked again as late as possible: the lease may have lapsed
@@ -231,37 +212,47 @@ impl Writer {
             self.store.write_fenced(writes, fence).await
         } else {
             self.store.write(writes).await
-        };
-        let durable_at = Instant::now();
-        self.metrics
-            .store_seconds
-            .with_label_values(&["write"])
-            .observe((durable_at - started).as_secs_f64());
-
-        if let Err(e) = result {
-            tracing::warn!(error = %e, sends = requests.len(), "commit failed");
-            // The batch may still land (the store rolls it forward before
-            // serving anything else), so what the caches know of these
-            // mailboxes and conversations may be short of the store.
-            for request in &requests {
-                for (user, _) in &request.commit.appends {
-                    self.mailbox_cache.forget(user);
-                }
-                if let Some((conv, _, _)) = &request.commit.message {
-                    self.history_cache.forget(conv);
-                }
-            }
-            for (request, notify) in requests.into_iter().zip(delivered) {
-                if let Some((id, _)) = notify {
-                    self.deliveries.remove(id);
-                }
-                let _ = request
-                    .reply
-                    .send(Err(StoreError::Unavailable(e.to_string())));
-            }
-            return;
         }
-        self.watermark.raise(newest);
+    }
+
+    /// The batch failed, but may still land (the store rolls it forward
+    /// before serving anything else), so what the caches know of these
+    /// mailboxes and conversations may be short of the store.
+    fn failed(
+        &self,
+        requests: Vec<Request>,
+        delivered: Vec<Option<(u64, Arc<Notify>)>>,
+        e: StoreError,
+    ) {
+        tracing::warn!(error = %e, sends = requests.len(), "commit failed");
+        for request in &requests {
+            for (user, _) in &request.commit.appends {
+                self.mailbox_cache.forget(user);
+            }
+            if let Some((conv, _, _)) = &request.commit.message {
+                self.history_cache.forget(conv);
+            }
+        }
+        for (request, notify) in requests.into_iter().zip(delivered) {
+            if let Some((id, _)) = notify {
+                self.deliveries.remove(id);
+            }
+            let _ = request
+                .reply
+                .send(Err(StoreError::Unavailable(e.to_string())));
+        }
+    }
+
+    /// The batch is durable: counts the outbox, fills the caches, then
+    /// wakes readers (a woken poll must find what woke it) and answers.
+    fn landed(
+        &self,
+        requests: Vec<Request>,
+        positions: Vec<Vec<u64>>,
+        delivered: Vec<Option<(u64, Arc<Notify>)>>,
+        outbox_rows: i64,
+        durable_at: Instant,
+    ) {
         if self.cluster.is_multi_node() {
             for request in &requests {
                 for (user, _) in &request.commit.outbox {
@@ -273,8 +264,6 @@ impl Writer {
             self.metrics.outbox_depth.add(outbox_rows);
             self.outbox_kick.notify_one();
         }
-
-        // Caches first, then wakes: a woken poll must find what woke it.
         for (request, mine) in requests.iter().zip(&positions) {
             for ((user, event), position) in request.commit.appends.iter().zip(mine) {
                 self.mailbox_cache.append(

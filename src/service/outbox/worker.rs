@@ -134,9 +134,45 @@ impl Outbox {
                 blocked: true,
             });
         }
+        let rows = self.landed_rows(after.as_deref()).await?;
+        let Some(last_row) = rows.last().map(|(row, _)| row.clone()) else {
+            return Ok(Round {
+                handled: 0,
+                blocked: false,
+            });
+        };
+        let plan = RoundPlan::new(&rows, |user| self.destination(user));
+        let mut handled = 0;
+        if !plan.local.writes.is_empty() {
+            handled += plan.local.writes.len();
+            let ids = rows_ids(&plan.local.writes);
+            let users: Vec<UserId> = plan.local.appends.iter().map(|(u, _)| *u).collect();
+            self.committer.commit(plan.local).await?;
+            ids.into_iter().for_each(|id| self.deliveries.delivered(id));
+            if let Some(pending) = &self.pending {
+                users.iter().for_each(|u| pending.done(u));
+            }
+        }
+        let (done, pushes_failed) = self.push(plan.remote).await;
+        if !done.writes.is_empty() {
+            handled += done.writes.len();
+            self.committer.commit(done).await?;
+        }
+        if self.watermark.is_some() {
+            self.metrics.outbox_depth.sub(handled as i64);
+        }
+        let blocked = plan.waiting || pushes_failed;
+        // Entries left behind are retried before anything after them.
+        *after = if blocked { None } else { Some(last_row) };
+        Ok(Round { handled, blocked })
+    }
+
+    /// The next entries after `after`, up to the first one whose batch may
+    /// still be landing (above the watermark).
+    async fn landed_rows(&self, after: Option<&[u8]>) -> Result<Vec<Row>, StoreError> {
         let mut scan = Scan::prefix(Table::Outbox, &self.node_key, BATCH);
         if let Some(last) = after {
-            scan.start = std::ops::Bound::Excluded(last.clone());
+            scan.start = std::ops::Bound::Excluded(last.to_vec());
         }
         let mut rows = self.store.scan(scan).await?;
         if let Some(watermark) = &self.watermark {
@@ -148,66 +184,31 @@ impl Outbox {
                 rows.truncate(cut);
             }
         }
-        if rows.is_empty() {
-            return Ok(Round {
-                handled: 0,
-                blocked: false,
-            });
-        }
-        let last_row = rows.last().map(|(row, _)| row.clone());
+        Ok(rows)
+    }
 
-        let mut local = Commit {
-            here: true,
-            ..Commit::default()
-        };
-        let mut waiting = false;
-        let mut remote: Vec<(usize, Vec<&Row>)> = Vec::new();
-        for entry in &rows {
-            let (row, cell) = entry;
-            let Some((user, event)) = parse_cell(cell) else {
-                tracing::error!(row = ?row, "dropping a malformed outbox entry");
-                local.writes.push(delete(row));
-                continue;
-            };
-            match self.cluster.delivery(user.0.as_bytes()) {
-                // A departed peer's entries are delivered by the newest
-                // view: this node takes those mailboxes over, and their
-                // previous owner is gone (draining comes before serving).
-                Route::Local
-                    if self.watermark.is_none()
-                        || self.cluster.settled_owner(user.0.as_bytes()) =>
-                {
-                    local.appends.push((user, event));
-                    local.writes.push(delete(row));
-                }
-                // This node is about to own the mailbox, but the ring is
-                // still changing: this entry (and so every later one for
-                // the same mailbox) waits for the next round.
-                Route::Local => waiting = true,
-                Route::Remote(peer) => {
-                    let i = self.peer_index(peer);
-                    match remote.iter_mut().find(|(p, _)| *p == i) {
-                        Some((_, group)) => group.push(entry),
-                        None => remote.push((i, vec![entry])),
-                    }
-                }
+    /// Where the entry for `user`'s mailbox goes this round.
+    fn destination(&self, user: UserId) -> Destination {
+        match self.cluster.delivery(user.0.as_bytes()) {
+            // A departed peer's entries are delivered by the newest
+            // view: this node takes those mailboxes over, and their
+            // previous owner is gone (draining comes before serving).
+            Route::Local
+                if self.watermark.is_none() || self.cluster.settled_owner(user.0.as_bytes()) =>
+            {
+                Destination::Here
             }
+            // This node is about to own the mailbox, but the ring is
+            // still changing: this entry (and so every later one for
+            // the same mailbox) waits for the next round.
+            Route::Local => Destination::Wait,
+            Route::Remote(peer) => Destination::Peer(self.peer_index(peer)),
         }
+    }
 
-        let mut handled = 0;
-        let local_ids: Vec<u64> = rows_ids(&local.writes);
-        let local_users: Vec<UserId> = local.appends.iter().map(|(u, _)| *u).collect();
-        if !local.writes.is_empty() {
-            handled += local.writes.len();
-            self.committer.commit(local).await?;
-            for id in local_ids {
-                self.deliveries.delivered(id);
-            }
-            if let Some(pending) = &self.pending {
-                local_users.iter().for_each(|u| pending.done(u));
-            }
-        }
-
+    /// Pushes each peer its entries, all peers at once. Returns the removal
+    /// of the rows delivered, and whether some push failed.
+    async fn push(&self, remote: Vec<(usize, Vec<&Row>)>) -> (Commit, bool) {
         let mut pushes = tokio::task::JoinSet::new();
         for (i, group) in remote {
             let peer = self.cluster.peers()[i].clone();
@@ -226,44 +227,29 @@ impl Outbox {
                 (peer, rows, result)
             });
         }
-        let mut blocked = waiting;
+        let mut failed = false;
         let mut done = Commit::default();
         while let Some(finished) = pushes.join_next().await {
             let Ok((peer, rows, result)) = finished else {
-                blocked = true;
+                failed = true;
                 continue;
             };
-            match result {
-                Ok(()) => {
-                    for (row, user) in rows {
-                        if let Some(id) = entry_id(&row) {
-                            self.deliveries.delivered(id);
-                        }
-                        if let (Some(pending), Some(user)) = (&self.pending, user) {
-                            pending.done(&user);
-                        }
-                        done.writes.push(Mutation::Delete {
-                            table: Table::Outbox,
-                            row,
-                        });
-                    }
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer.id, error = %e, entries = rows.len(), "push failed; will retry");
+                failed = true;
+                continue;
+            }
+            for (row, user) in rows {
+                if let Some(id) = entry_id(&row) {
+                    self.deliveries.delivered(id);
                 }
-                Err(e) => {
-                    tracing::debug!(peer = %peer.id, error = %e, entries = rows.len(), "push failed; will retry");
-                    blocked = true;
+                if let (Some(pending), Some(user)) = (&self.pending, user) {
+                    pending.done(&user);
                 }
+                done.writes.push(delete(&row));
             }
         }
-        if !done.writes.is_empty() {
-            handled += done.writes.len();
-            self.committer.commit(done).await?;
-        }
-        if self.watermark.is_some() {
-            self.metrics.outbox_depth.sub(handled as i64);
-        }
-        // Entries left behind are retried before anything after them.
-        *after = if blocked { None } else { last_row };
-        Ok(Round { handled, blocked })
+        (done, failed)
     }
 
     fn peer_index(&self, peer: &Peer) -> usize {
@@ -272,6 +258,61 @@ impl Outbox {
             .iter()
             .position(|p| p.id == peer.id)
             .unwrap_or(0)
+    }
+}
+
+/// Where an entry goes in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Destination {
+    /// Appended here, through the committer.
+    Here,
+    /// This node's soon, but not yet: the next round.
+    Wait,
+    /// Pushed to the peer at this index.
+    Peer(usize),
+}
+
+/// What a round does with the entries it read, decided without I/O.
+struct RoundPlan<'a> {
+    /// Appends for this node's mailboxes with the removal of their rows,
+    /// and the removal of malformed rows.
+    local: Commit,
+    /// Some entry waits for the ring to settle.
+    waiting: bool,
+    /// Entries to push, by peer index, in row order.
+    remote: Vec<(usize, Vec<&'a Row>)>,
+}
+
+impl<'a> RoundPlan<'a> {
+    fn new(rows: &'a [Row], destination: impl Fn(UserId) -> Destination) -> RoundPlan<'a> {
+        let mut plan = RoundPlan {
+            local: Commit {
+                here: true,
+                ..Commit::default()
+            },
+            waiting: false,
+            remote: Vec::new(),
+        };
+        for entry in rows {
+            let (row, cell) = entry;
+            let Some((user, event)) = parse_cell(cell) else {
+                tracing::error!(row = ?row, "dropping a malformed outbox entry");
+                plan.local.writes.push(delete(row));
+                continue;
+            };
+            match destination(user) {
+                Destination::Here => {
+                    plan.local.appends.push((user, event));
+                    plan.local.writes.push(delete(row));
+                }
+                Destination::Wait => plan.waiting = true,
+                Destination::Peer(i) => match plan.remote.iter_mut().find(|(p, _)| *p == i) {
+                    Some((_, group)) => group.push(entry),
+                    None => plan.remote.push((i, vec![entry])),
+                },
+            }
+        }
+        plan
     }
 }
 
@@ -290,4 +331,48 @@ fn rows_ids(writes: &[Mutation]) -> Vec<u64> {
             Mutation::Put { .. } => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::service::outbox::row::{outbox_cell, outbox_row};
+
+    #[test]
+    fn a_round_keeps_each_peers_entries_in_order_and_drops_malformed_ones() {
+        let user = |n: u128| UserId(uuid::Uuid::from_u128(n));
+        let entry = |id: u64, u: u128| (outbox_row([0; 8], id), outbox_cell(user(u), b"{}"));
+        let rows = vec![
+            entry(1, 1),
+            entry(2, 2),
+            (outbox_row([0; 8], 3), Bytes::from_static(b"short")),
+            entry(4, 3),
+            entry(5, 2),
+            entry(6, 4),
+        ];
+        let plan = RoundPlan::new(&rows, |u| match u.0.as_u128() {
+            1 => Destination::Here,
+            4 => Destination::Wait,
+            n => Destination::Peer(n as usize),
+        });
+        assert_eq!(plan.local.appends.len(), 1);
+        assert_eq!(
+            rows_ids(&plan.local.writes),
+            [1, 3],
+            "appended, and dropped"
+        );
+        assert!(plan.local.here);
+        assert!(plan.waiting);
+        let ids = |group: &Vec<&Row>| {
+            group
+                .iter()
+                .filter_map(|(r, _)| entry_id(r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(plan.remote.len(), 2);
+        assert_eq!((plan.remote[0].0, ids(&plan.remote[0].1)), (2, vec![2, 5]));
+        assert_eq!((plan.remote[1].0, ids(&plan.remote[1].1)), (3, vec![4]));
+    }
 }
