@@ -2,14 +2,20 @@
 //!
 //! # Layout
 //!
-//! Requests flow one way: `http` -> `service` -> `store`. `domain`,
-//! `config`, `auth` and `metrics` are leaves every layer may use.
+//! Requests flow one way: `http` -> `service` -> `store`. `cluster` (the
+//! ring and the protocol between nodes), `domain`, `config`, `auth` and
+//! `metrics` are below them, for every layer to use.
 //!
 //! - [`app`]: wiring (store -> service -> server) and graceful shutdown.
 //! - [`http`]: the HTTP/1.1 server, routing, one module per resource, and the
 //!   single place where errors become statuses.
-//! - [`service`]: sending, polling, history, groups, receipts; the sequencer,
-//!   the committer (group commit), the waiters and the outbox. No hyper here.
+//! - [`service`]: the request paths (send, poll, history, groups, receipts,
+//!   conversations) and what orders and stores them: the sequencer,
+//!   `commit/` (group commit, the clock), `outbox/`, `fanout/` (large
+//!   groups read from their stream), the waiters. No hyper here.
+//! - [`cluster`]: the ring (who owns which user and conversation), the
+//!   leases, and the one typed module for calls between nodes
+//!   (`peer_api`, signed by `signing`).
 //! - [`store`]: the HBase-shaped [`store::Store`] trait, the embedded engine
 //!   and the caches' row-key layout.
 //! - [`domain`]: ids, cursors, messages, events.

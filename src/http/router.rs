@@ -43,6 +43,37 @@ enum Route<'a> {
     Watch,
 }
 
+/// Every route, one of each: the metrics labels come from it. A new
+/// variant must be added to `name_and_methods` (the compiler says so) and
+/// here (`every_route_is_listed_once` checks the two agree on the paths
+/// the router knows).
+const ALL: [Route<'static>; 16] = [
+    Route::Send,
+    Route::Poll,
+    Route::Conversations,
+    Route::History(""),
+    Route::CreateGroup,
+    Route::Group(""),
+    Route::Members(""),
+    Route::Receipts,
+    Route::Healthz,
+    Route::Readyz,
+    Route::Metrics,
+    Route::Demo(""),
+    Route::Cluster,
+    Route::Appends,
+    Route::Wake,
+    Route::Watch,
+];
+
+/// The label of a request no route matched.
+const UNKNOWN: &str = "unknown";
+
+/// Every metrics label the router emits.
+pub(super) fn labels() -> impl Iterator<Item = &'static str> {
+    ALL.iter().map(|r| r.name_and_methods().0).chain([UNKNOWN])
+}
+
 impl<'a> Route<'a> {
     fn of(path: &'a str) -> Option<Route<'a>> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -103,7 +134,7 @@ pub(super) fn handle(
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = Route::of(&path);
-    let name = route.as_ref().map_or("unknown", |r| r.name_and_methods().0);
+    let name = route.as_ref().map_or(UNKNOWN, |r| r.name_and_methods().0);
     let origin = cors::allowed_origin(&ctx, req.headers());
     let query_len = req.uri().query().map_or(0, str::len);
     let preflight = route
@@ -262,4 +293,43 @@ fn authenticate(ctx: &Ctx, req: &Request<Incoming>) -> Result<UserId, ApiError> 
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     Ok(ctx.auth.user_from_header(header)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_is_listed_once() {
+        let paths = [
+            "/v1/messages",
+            "/v1/poll",
+            "/v1/conversations",
+            "/v1/conversations/c/messages",
+            "/v1/groups",
+            "/v1/groups/g",
+            "/v1/groups/g/members",
+            "/v1/receipts",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/demo",
+            "/v1/cluster",
+            "/internal/v1/appends",
+            "/internal/v1/wake",
+            "/internal/v1/watch",
+        ];
+        let routed: BTreeSet<&str> = paths
+            .iter()
+            .filter_map(|p| Route::of(p))
+            .map(|r| r.name_and_methods().0)
+            .collect();
+        let listed: BTreeSet<&str> = ALL.iter().map(|r| r.name_and_methods().0).collect();
+        assert_eq!(listed.len(), ALL.len(), "one label per route");
+        assert_eq!(routed, listed);
+        assert!(Route::of("/v1/nothing").is_none());
+        assert_eq!(labels().filter(|l| *l == UNKNOWN).count(), 1);
+    }
 }

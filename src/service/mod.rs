@@ -1,12 +1,33 @@
-//! The service layer: what Carrier does, free of HTTP.
+//! The service layer: what Carrier does, free of HTTP (no hyper type here).
 //!
-//! - [`send`]: the send path (claims, idempotency, ordering, sequencing).
-//! - [`poll`] and [`mailbox`]: reading a user's event stream, parking.
-//! - [`history`], [`conversations`], [`groups`], [`receipts`].
-//! - [`committer`]: group commit and mailbox positions; [`outbox`]: the
-//!   deferred appends (sender's copy, receipts).
-//! - [`waiters`], [`locks`] (the per-conversation sequencer), [`cache`],
-//!   [`clock`]: the machinery.
+//! # The send path
+//!
+//! [`send`] claims the message id and checks idempotency, then under the
+//! conversation's lock the [`sequencer`] gives it the next seq and [`send`]
+//! hands one [`commit::Commit`] (the message, its record, the recipients'
+//! copies) to the committer ([`commit`]), which batches commits into one
+//! store write and assigns mailbox positions. Copies for mailboxes another
+//! node owns, the sender's own copy when it lives elsewhere, and receipts
+//! go to the [`outbox`], whose worker delivers them in order. A large
+//! group's message is written once and read from its stream ([`fanout`]).
+//!
+//! # The poll path
+//!
+//! [`poll`] registers with the [`waiters`] first, then reads the user's
+//! [`mailbox`] (through the [`cache`]) and the streams of its large groups
+//! ([`fanout`]), and parks until the committer wakes it, for a hold time
+//! fitted to the client ([`hold`]).
+//!
+//! # The rest
+//!
+//! - Request paths: [`send`], [`poll`], [`history`], [`groups`],
+//!   [`receipts`], [`conversations`], [`mailbox`].
+//! - Ordering and durability: [`sequencer`], [`commit`] (the committer, its
+//!   clock and watermark), [`outbox`].
+//! - Large groups: [`fanout`].
+//! - On a ring: [`takeover`] (taking pushed appends, following peers as
+//!   they leave and return).
+//! - Machinery: [`waiters`], [`locks`], [`cache`], [`hold`], [`rate`].
 
 pub mod cache;
 pub mod commit;

@@ -87,12 +87,12 @@ impl<K: Eq + Hash + Clone> Waiters<K> {
         }
     }
 
-    /// Wakes every waiter of every key (shutdown).
     /// Whether anyone waits on `key`.
     pub fn has(&self, key: &K) -> bool {
         self.slots.contains_key(key)
     }
 
+    /// Wakes every waiter of every key (shutdown).
     pub fn wake_all(&self) {
         let all: Vec<Arc<Notify>> = self.slots.iter().map(|s| s.notify.clone()).collect();
         for notify in all {

@@ -6,7 +6,7 @@
 //! embedded store's, byte for byte (see docs/architecture.md).
 //!
 //! HBase applies a `mutateRows` row by row, so a batch that fails half-way
-//! leaves some of its rows behind. [`intents`] makes every batch
+//! leaves some of its rows behind. `intents.rs` makes every batch
 //! all-or-nothing again by writing it first as one row (single-row writes
 //! are atomic in HBase) and rolling it forward until it has fully landed.
 
