@@ -23,6 +23,23 @@ const TAIL_EVENTS: usize = 64;
 /// Messages kept per conversation page; the default history page is 50.
 const PAGE_MESSAGES: usize = 100;
 
+/// What a cached value costs in memory, roughly: the caches here (and the
+/// group cache) are bounded in bytes, not entries.
+pub trait Weigh {
+    fn bytes(&self) -> u64;
+}
+
+/// Weighs a cached value by its [`Weigh::bytes`]; the one weighter of
+/// every byte-bounded cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByBytes;
+
+impl<K, V: Weigh> Weighter<K, Arc<V>> for ByBytes {
+    fn weight(&self, _: &K, value: &Arc<V>) -> u64 {
+        value.bytes()
+    }
+}
+
 /// One mailbox event as stored, with when it became durable (for the
 /// delivery-latency metric).
 #[derive(Clone, Debug)]
@@ -44,22 +61,15 @@ impl Tail {
     pub fn head(&self) -> u64 {
         self.events.back().map_or(self.known_from, |e| e.position)
     }
+}
 
+impl Weigh for Tail {
     fn bytes(&self) -> u64 {
         64 + self
             .events
             .iter()
             .map(|e| e.json.len() as u64 + 48)
             .sum::<u64>()
-    }
-}
-
-#[derive(Clone)]
-struct TailWeight;
-
-impl Weighter<UserId, Arc<Tail>> for TailWeight {
-    fn weight(&self, _: &UserId, tail: &Arc<Tail>) -> u64 {
-        tail.bytes()
     }
 }
 
@@ -104,7 +114,7 @@ impl Lifecycle<UserId, Arc<Tail>> for Removals {
 }
 
 pub struct MailboxCache {
-    tails: Cache<UserId, Arc<Tail>, TailWeight, DefaultHashBuilder, Removals>,
+    tails: Cache<UserId, Arc<Tail>, ByBytes, DefaultHashBuilder, Removals>,
     removals: Removals,
 }
 
@@ -115,7 +125,7 @@ impl MailboxCache {
             tails: Cache::with(
                 (bytes / 2048).max(16) as usize,
                 bytes,
-                TailWeight,
+                ByBytes,
                 DefaultHashBuilder::default(),
                 removals.clone(),
             ),
@@ -222,7 +232,9 @@ impl Page {
     pub fn last_seq(&self) -> Seq {
         self.messages.back().map_or(0, |m| m.0)
     }
+}
 
+impl Weigh for Page {
     fn bytes(&self) -> u64 {
         64 + self
             .messages
@@ -232,23 +244,14 @@ impl Page {
     }
 }
 
-#[derive(Clone)]
-struct PageWeight;
-
-impl Weighter<ConversationId, Arc<Page>> for PageWeight {
-    fn weight(&self, _: &ConversationId, page: &Arc<Page>) -> u64 {
-        page.bytes()
-    }
-}
-
 pub struct HistoryCache {
-    pages: Cache<ConversationId, Arc<Page>, PageWeight>,
+    pages: Cache<ConversationId, Arc<Page>, ByBytes>,
 }
 
 impl HistoryCache {
     pub fn new(bytes: u64) -> HistoryCache {
         HistoryCache {
-            pages: Cache::with_weighter((bytes / 8192).max(16) as usize, bytes, PageWeight),
+            pages: Cache::with_weighter((bytes / 8192).max(16) as usize, bytes, ByBytes),
         }
     }
 
@@ -256,12 +259,12 @@ impl HistoryCache {
         self.pages.get(conv)
     }
 
-    /// Drops a page that may have fallen behind the store.
     /// Drops every page (the ring changed).
     pub fn clear(&self) {
         self.pages.clear();
     }
 
+    /// Drops a page that may have fallen behind the store.
     pub fn forget(&self, conv: &ConversationId) {
         self.pages.remove(conv);
     }
