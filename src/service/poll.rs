@@ -30,6 +30,31 @@ pub struct PollAnswer {
     pub timed_out: bool,
 }
 
+impl PollAnswer {
+    /// Nothing arrived before the hold ended.
+    fn timed_out(cursor: Cursor) -> PollAnswer {
+        PollAnswer {
+            events: Vec::new(),
+            cursor,
+            timed_out: true,
+        }
+    }
+}
+
+/// Ready once any of `wakes` is.
+fn any_ready<F: std::future::Future + Unpin>(
+    wakes: &mut [F],
+) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        for w in wakes.iter_mut() {
+            if std::pin::Pin::new(&mut *w).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
 /// A parked poll, counted in the gauge while it lives; one dropped before
 /// it answered was cut by its client or something in between.
 struct Parked<'a> {
@@ -82,25 +107,14 @@ impl Service {
             return Ok(self.answer(first, false));
         }
         if req.timeout.is_zero() || shutdown.is_cancelled() {
-            return Ok(PollAnswer {
-                events: Vec::new(),
-                cursor: first.cursor,
-                timed_out: true,
-            });
+            return Ok(PollAnswer::timed_out(first.cursor));
         }
 
-        let registration = self.inner.mailbox_waiters.register(user).map_err(|r| {
-            let limit = match r {
-                Refused::PerKey => "user",
-                Refused::Total => "node",
-            };
-            self.inner
-                .metrics
-                .polls_refused
-                .with_label_values(&[limit])
-                .inc();
-            Error::TooManyPolls(limit)
-        })?;
+        let registration = self
+            .inner
+            .mailbox_waiters
+            .register(user)
+            .map_err(|r| self.refused(r))?;
         let parked = Parked::new(&self.inner.metrics);
         let deadline = tokio::time::Instant::now() + req.timeout;
         let mut cursor = first.cursor;
@@ -130,14 +144,7 @@ impl Service {
                 return Ok(self.answer(batch, true));
             }
             cursor = batch.cursor;
-            let any_stream = std::future::poll_fn(|cx| {
-                for w in &mut stream_woken {
-                    if w.as_mut().poll(cx).is_ready() {
-                        return std::task::Poll::Ready(());
-                    }
-                }
-                std::task::Poll::Pending
-            });
+            let any_stream = any_ready(&mut stream_woken);
             // Another node's tail is looked at again after STALE even
             // without a wake (a wake can be lost). Only users in large
             // groups carry this second timer, boxed.
@@ -162,11 +169,21 @@ impl Service {
             }
         }
         parked.answer();
-        Ok(PollAnswer {
-            events: Vec::new(),
-            cursor,
-            timed_out: true,
-        })
+        Ok(PollAnswer::timed_out(cursor))
+    }
+
+    /// A poll refused for the parked-poll limit of its user or the node.
+    fn refused(&self, r: Refused) -> Error {
+        let limit = match r {
+            Refused::PerKey => "user",
+            Refused::Total => "node",
+        };
+        self.inner
+            .metrics
+            .polls_refused
+            .with_label_values(&[limit])
+            .inc();
+        Error::TooManyPolls(limit)
     }
 
     /// The cursor of a new device: the mailbox's head, and the head of

@@ -16,10 +16,10 @@ use uuid::Uuid;
 
 use self::plan::{Delta, MemberPlan};
 pub use self::state::{ChangeMembers, CreateGroup, GroupInfo, GroupState};
-use self::state::{StoredGroup, group_event, group_put, member_put, reader_put};
+use self::state::{StoredGroup, group_event, group_put, member_put, membership_entry, reader_put};
 use super::cache::ByBytes;
 use super::commit::Commit;
-use super::conversations::{ConversationMeta, Membership, UserConversation};
+use super::conversations::{ConversationMeta, Membership};
 use super::fanout::rows::{change_pos, parse_reader_value};
 use super::locks::KeyGuard;
 use super::sequencer::Head;
@@ -160,30 +160,10 @@ impl Service {
             member_count: members.len(),
             created_at: now,
         };
-        let conv = ConversationId::from(g);
-        let mut commit = Commit::default();
-        commit
-            .writes
-            .extend(ConversationMeta::Group { group_id: g }.rows(conv, now)?);
         // Large from birth: every message is read from the group's stream.
         let large_from =
             (members.len() >= self.inner.settings.large_group_threshold).then(StreamPos::default);
-        commit.writes.push(group_put(&info, large_from)?);
-        let entry = UserConversation {
-            peer_id: None,
-            group_id: Some(g),
-            since: now,
-            left_at_seq: None,
-        };
-        for m in &members {
-            commit.writes.push(member_put(g, *m, now));
-            commit.writes.push(entry.put(*m, conv)?);
-            if let Some(from) = large_from {
-                commit.writes.push(reader_put(*m, g, from, None));
-            }
-        }
-        let event = group_event(g, GroupChange::Created, members.clone(), now)?;
-        commit.appends = members.iter().map(|m| (*m, event.clone())).collect();
+        let commit = creation(&info, &members, large_from)?;
         if let Err(e) = self.inner.committer.commit(commit).await {
             // It may still land: read the group from the store next time.
             self.inner.groups.groups.remove(&g);
@@ -315,4 +295,28 @@ impl Service {
         };
         Ok((page, next))
     }
+}
+
+/// The commit creating group `info` with `members` (sorted, the owner
+/// among them): its rows, each member's, and the `created` event in every
+/// member's mailbox.
+fn creation(info: &GroupInfo, members: &[UserId], large_from: Option<StreamPos>) -> Result<Commit> {
+    let (g, now) = (info.group_id, info.created_at);
+    let conv = ConversationId::from(g);
+    let mut commit = Commit::default();
+    commit
+        .writes
+        .extend(ConversationMeta::Group { group_id: g }.rows(conv, now)?);
+    commit.writes.push(group_put(info, large_from)?);
+    let entry = membership_entry(g, now, None);
+    for m in members {
+        commit.writes.push(member_put(g, *m, now));
+        commit.writes.push(entry.put(*m, conv)?);
+        if let Some(from) = large_from {
+            commit.writes.push(reader_put(*m, g, from, None));
+        }
+    }
+    let event = group_event(g, GroupChange::Created, members.to_vec(), now)?;
+    commit.appends = members.iter().map(|m| (*m, event.clone())).collect();
+    Ok(commit)
 }
