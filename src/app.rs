@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::cluster::{self, Cluster};
 use crate::config::{Backend, Config, ConfigError};
-use crate::domain::{MessageId, UserId};
 use crate::http::{self, Ctx, HttpLimits};
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
 use crate::service::commit::clock::{Clock, stored_lease};
 use crate::service::commit::{Committer, Watermark, Writer};
+use crate::service::handles::Handles;
 use crate::service::hold::HoldTimes;
-use crate::service::outbox::{Deliveries, Outbox, Pending};
+use crate::service::outbox::Outbox;
 use crate::service::rate::SendRate;
 use crate::service::takeover::Takeover;
 use crate::service::waiters::Waiters;
@@ -172,82 +172,56 @@ impl Node {
         // (a single node takes no such call, but never an empty key either).
         let secret = config.secret()?;
         let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
-        let deliveries = Arc::new(Deliveries::default());
-        let pending = Arc::new(Pending::default());
         let lease = stored_lease(store.as_ref(), node_key).await?;
-        let mailbox_cache = Arc::new(MailboxCache::new(config.cache.mailbox_bytes));
-        let history_cache = Arc::new(HistoryCache::new(config.cache.history_bytes));
-        let mailbox_waiters: Arc<Waiters<UserId>> = Waiters::new(
-            config.limits.max_polls_per_user,
-            config.limits.max_polls_per_node,
-        );
-        let arrivals: Arc<Waiters<(UserId, MessageId)>> =
-            Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS);
-        let outbox_kick = Arc::new(tokio::sync::Notify::new());
-        let closing = CancellationToken::new();
-        let watermark = Arc::new(Watermark::new(lease));
-        let (committer, committer_task) = Committer::start(Writer {
-            watermark: watermark.clone(),
-            closing: closing.clone(),
+        let shared = Handles {
             store: store.clone(),
-            node_key,
-            clock: Clock::resume(lease),
-            max_batch: config.send.max_batch,
-            mailbox_cache: mailbox_cache.clone(),
-            history_cache: history_cache.clone(),
-            mailbox_waiters: mailbox_waiters.clone(),
-            arrivals: arrivals.clone(),
-            outbox_kick: outbox_kick.clone(),
             metrics: metrics.clone(),
             cluster: cluster.clone(),
-            deliveries: deliveries.clone(),
-            pending: pending.clone(),
+            node_key,
+            watermark: Arc::new(Watermark::new(lease)),
+            deliveries: Arc::default(),
+            pending: Arc::default(),
+            outbox_kick: Arc::default(),
+            mailbox_cache: Arc::new(MailboxCache::new(config.cache.mailbox_bytes)),
+            history_cache: Arc::new(HistoryCache::new(config.cache.history_bytes)),
+            mailbox_waiters: Waiters::new(
+                config.limits.max_polls_per_user,
+                config.limits.max_polls_per_node,
+            ),
+            arrivals: Waiters::new(usize::MAX, MAX_ARRIVAL_WAITERS),
+        };
+        let closing = CancellationToken::new();
+        let (committer, committer_task) = Committer::start(Writer {
+            shared: shared.clone(),
+            clock: Clock::resume(lease),
+            max_batch: config.send.max_batch,
+            closing: closing.clone(),
         });
         let stop = CancellationToken::new();
         let service = Service::new(Parts {
-            store: store.clone(),
+            shared: shared.clone(),
             committer: committer.clone(),
-            metrics: metrics.clone(),
-            mailbox_waiters,
-            arrivals,
-            mailbox_cache,
-            history_cache,
-            watermark: watermark.clone(),
             settings: Settings::from_config(config),
             shutdown: stop.clone(),
-            cluster: cluster.clone(),
         });
         metrics.ring_live_nodes.set(cluster.peers().len() as i64);
         let ring = vec![
-            tokio::spawn(cluster::lease::run(
-                cluster.clone(),
-                store.clone(),
-                stop.clone(),
-            )),
+            tokio::spawn(cluster::lease::run(cluster.clone(), store, stop.clone())),
             tokio::spawn(
                 Takeover {
                     service: service.clone(),
-                    store: store.clone(),
                     committer: committer.clone(),
-                    metrics: metrics.clone(),
-                    cluster: cluster.clone(),
-                    deliveries: deliveries.clone(),
-                    watermark: watermark.clone(),
+                    shared: shared.clone(),
                 }
                 .run(stop.clone()),
             ),
         ];
         let outbox = tokio::spawn(
             Outbox {
-                store,
+                shared,
                 committer,
                 node_key,
-                kick: outbox_kick,
-                metrics,
-                watermark: Some(watermark),
-                cluster,
-                deliveries,
-                pending: Some(pending),
+                mine: true,
             }
             .run(stop.clone()),
         );

@@ -27,13 +27,15 @@
 //! - Large groups: [`fanout`].
 //! - On a ring: [`takeover`] (taking pushed appends, following peers as
 //!   they leave and return).
-//! - Machinery: [`waiters`], [`locks`], [`cache`], [`hold`], [`rate`].
+//! - Machinery: [`waiters`], [`locks`], [`cache`], [`hold`], [`rate`];
+//!   [`handles`]: what the node's parts share, built once.
 
 pub mod cache;
 pub mod commit;
 pub mod conversations;
 pub mod fanout;
 pub mod groups;
+pub mod handles;
 pub mod history;
 pub mod hold;
 pub mod locks;
@@ -60,6 +62,7 @@ use tokio_util::sync::CancellationToken;
 use self::cache::{HistoryCache, MailboxCache};
 use self::commit::{Committer, Watermark};
 use self::groups::GroupCache;
+use self::handles::Handles;
 use self::locks::KeyedLocks;
 use self::waiters::Waiters;
 use crate::cluster::Cluster;
@@ -211,41 +214,34 @@ impl Settings {
 
 /// Everything a [`Service`] is built from (see `app.rs`).
 pub struct Parts {
-    pub store: Arc<dyn Store>,
+    pub shared: Handles,
     pub committer: Committer,
-    pub metrics: Arc<Metrics>,
-    pub mailbox_waiters: Arc<Waiters<UserId>>,
-    pub arrivals: Arc<Waiters<(UserId, MessageId)>>,
-    pub mailbox_cache: Arc<MailboxCache>,
-    pub history_cache: Arc<HistoryCache>,
-    pub watermark: Arc<Watermark>,
     pub settings: Settings,
     pub shutdown: CancellationToken,
-    pub cluster: Arc<Cluster>,
 }
 
 impl Service {
     pub fn new(parts: Parts) -> Service {
         Service {
             inner: Arc::new(Inner {
-                store: parts.store,
+                store: parts.shared.store,
                 committer: parts.committer,
-                metrics: parts.metrics,
-                mailbox_waiters: parts.mailbox_waiters,
+                metrics: parts.shared.metrics,
+                mailbox_waiters: parts.shared.mailbox_waiters,
                 // One registration per large group per parked poll; the
                 // per-user and per-node limits apply to the polls already.
                 stream_waiters: Waiters::new(usize::MAX / 4, usize::MAX / 4),
                 streams: fanout::Streams::default(),
-                arrivals: parts.arrivals,
+                arrivals: parts.shared.arrivals,
                 sequencer: KeyedLocks::new(),
                 claims: KeyedLocks::new(),
-                mailbox_cache: parts.mailbox_cache,
-                history_cache: parts.history_cache,
-                watermark: parts.watermark,
+                mailbox_cache: parts.shared.mailbox_cache,
+                history_cache: parts.shared.history_cache,
+                watermark: parts.shared.watermark,
                 groups: GroupCache::new(),
                 settings: parts.settings,
                 shutdown: parts.shutdown,
-                cluster: parts.cluster,
+                cluster: parts.shared.cluster,
                 pushes: quick_cache::sync::Cache::new(REMEMBERED_PUSHES),
                 taking: Arc::default(),
             }),

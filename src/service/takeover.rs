@@ -16,13 +16,13 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
-use super::commit::{Commit, Committer, Watermark};
-use super::outbox::{Deliveries, Outbox, Pushed};
+use super::commit::{Commit, Committer};
+use super::handles::Handles;
+use super::outbox::{Outbox, Pushed};
 use super::{Error, Result, Service};
 use crate::cluster::{Cluster, Peer, View};
 use crate::domain::UserId;
-use crate::metrics::Metrics;
-use crate::store::{Scan, Store, Table, keys};
+use crate::store::{Scan, Table, keys};
 
 /// How long a joining node waits for its peers to route to it and settle.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
@@ -153,24 +153,20 @@ impl Drop for Claim {
 /// The task that follows the ring (see the module docs).
 pub struct Takeover {
     pub service: Service,
-    pub store: Arc<dyn Store>,
     pub committer: Committer,
-    pub metrics: Arc<Metrics>,
-    pub cluster: Arc<Cluster>,
-    pub deliveries: Arc<Deliveries>,
-    pub watermark: Arc<Watermark>,
+    pub shared: Handles,
 }
 
 impl Takeover {
     pub async fn run(self, stop: CancellationToken) {
-        if !self.cluster.is_multi_node() {
+        if !self.shared.cluster.is_multi_node() {
             return;
         }
-        let mut changes = self.cluster.subscribe();
+        let mut changes = self.shared.cluster.subscribe();
         loop {
-            let newest = self.cluster.newest();
-            let serving = self.cluster.serving();
-            let rejoining = !self.cluster.joined();
+            let newest = self.shared.cluster.newest();
+            let serving = self.shared.cluster.serving();
+            let rejoining = !self.shared.cluster.joined();
             if rejoining || newest.epoch != serving.epoch {
                 self.follow(&newest, &serving, rejoining, &stop).await;
                 if stop.is_cancelled() {
@@ -192,10 +188,11 @@ impl Takeover {
         rejoining: bool,
         stop: &CancellationToken,
     ) {
-        let me = self.cluster.me_index();
+        let me = self.shared.cluster.me_index();
         // Peers that left since the last view; all departed ones when
         // (re)joining, since this node cannot know what it missed.
         let departed: Vec<&Peer> = self
+            .shared
             .cluster
             .peers()
             .iter()
@@ -222,14 +219,15 @@ impl Takeover {
         }
         self.service.cool_down();
         if rejoining {
-            self.cluster.publish_rejoined(newest.clone());
+            self.shared.cluster.publish_rejoined(newest.clone());
         } else {
-            self.cluster.publish(newest.clone());
+            self.shared.cluster.publish(newest.clone());
         }
         // Polls of users this node no longer serves end now, not at the
         // end of their hold.
         self.service.wake_all();
-        self.metrics
+        self.shared
+            .metrics
             .ring_live_nodes
             .set(newest.live.iter().filter(|l| **l).count() as i64);
         // Raise the watermark past positions a mailbox's previous owner
@@ -244,10 +242,10 @@ impl Takeover {
         if returned {
             self.flush_outbox(stop).await;
         }
-        self.cluster.set_settled(newest.epoch);
+        self.shared.cluster.set_settled(newest.epoch);
         if rejoining {
             self.wait_to_be_routed(stop).await;
-            self.cluster.set_joined(true);
+            self.shared.cluster.set_joined(true);
             // The live peers settled these while this node was away, unless
             // the whole ring restarted; doing it again is harmless.
             for peer in &departed {
@@ -265,21 +263,21 @@ impl Takeover {
     /// retrying until done (true), the peer returns, or the node stops.
     async fn settle(&self, peer: &Peer, stop: &CancellationToken) -> bool {
         let outbox = Outbox {
-            store: self.store.clone(),
+            shared: self.shared.clone(),
             committer: self.committer.clone(),
             node_key: peer.node_key,
-            kick: Arc::new(tokio::sync::Notify::new()),
-            metrics: self.metrics.clone(),
-            watermark: None,
-            cluster: self.cluster.clone(),
-            deliveries: self.deliveries.clone(),
-            pending: None,
+            mine: false,
         };
-        let index = self.cluster.peers().iter().position(|p| p.id == peer.id);
+        let index = self
+            .shared
+            .cluster
+            .peers()
+            .iter()
+            .position(|p| p.id == peer.id);
         let mut pause = Duration::from_millis(100);
         loop {
             let result = async {
-                self.store.finish_batches_of(peer.node_key).await?;
+                self.shared.store.finish_batches_of(peer.node_key).await?;
                 outbox.drain().await
             }
             .await;
@@ -292,7 +290,7 @@ impl Takeover {
                     tracing::warn!(peer = %peer.id, error = %e, "cannot finish a departed peer's work yet")
                 }
             }
-            let back = index.is_some_and(|i| self.cluster.newest().live[i]);
+            let back = index.is_some_and(|i| self.shared.cluster.newest().live[i]);
             if back || stop.is_cancelled() {
                 return false;
             }
@@ -308,11 +306,15 @@ impl Takeover {
     /// committed before now: a returning peer that owns a conversation
     /// this node sequenced must not append its next events before these.
     async fn flush_outbox(&self, stop: &CancellationToken) {
-        let mark = self.watermark.get();
+        let mark = self.shared.watermark.get();
         let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
-        let key = self.cluster.me().node_key;
+        let key = self.shared.cluster.me().node_key;
         loop {
-            let oldest = self.store.scan(Scan::prefix(Table::Outbox, &key, 1)).await;
+            let oldest = self
+                .shared
+                .store
+                .scan(Scan::prefix(Table::Outbox, &key, 1))
+                .await;
             match oldest {
                 Ok(rows) => {
                     let id = rows.first().and_then(|(row, _)| keys::trailing_u64(row));
@@ -335,15 +337,15 @@ impl Takeover {
     /// two nodes do not both serve them.
     async fn wait_to_be_routed(&self, stop: &CancellationToken) {
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-        let me = self.cluster.me().id.clone();
+        let me = self.shared.cluster.me().id.clone();
         loop {
-            let newest = self.cluster.newest();
+            let newest = self.shared.cluster.newest();
             let mut waiting = Vec::new();
-            for (i, peer) in self.cluster.peers().iter().enumerate() {
-                if i == self.cluster.me_index() || !newest.live[i] {
+            for (i, peer) in self.shared.cluster.peers().iter().enumerate() {
+                if i == self.shared.cluster.me_index() || !newest.live[i] {
                     continue;
                 }
-                if !routes_to(&self.cluster, peer, &me).await {
+                if !routes_to(&self.shared.cluster, peer, &me).await {
                     waiting.push(peer.id.clone());
                 }
             }

@@ -17,7 +17,7 @@
 mod batch;
 pub mod clock;
 mod committer;
-mod watermark;
+pub mod watermark;
 mod writer;
 
 #[cfg(test)]

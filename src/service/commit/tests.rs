@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
+use crate::service::handles::Handles;
 use crate::service::outbox::deliveries::{Deliveries, Pending};
 use crate::service::waiters::Waiters;
 use crate::store::{Mutation, Row, Scan, Store, StoreError, Table};
@@ -60,25 +61,27 @@ impl Store for GatedStore {
 
 fn writer(store: Arc<GatedStore>) -> Writer {
     Writer {
-        store,
-        node_key: [0; 8],
+        shared: Handles {
+            store,
+            node_key: [0; 8],
+            mailbox_cache: Arc::new(MailboxCache::new(1 << 20)),
+            history_cache: Arc::new(HistoryCache::new(1 << 20)),
+            mailbox_waiters: Waiters::new(8, 8),
+            arrivals: Waiters::new(8, 8),
+            outbox_kick: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::new(Metrics::new()),
+            watermark: Arc::new(Watermark::new(0)),
+            cluster: Cluster::new(
+                &crate::config::ClusterConfig::default(),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                b"",
+            ),
+            deliveries: Arc::new(Deliveries::default()),
+            pending: Arc::new(Pending::default()),
+        },
         clock: Clock::resume(0),
         max_batch: 1024,
-        mailbox_cache: Arc::new(MailboxCache::new(1 << 20)),
-        history_cache: Arc::new(HistoryCache::new(1 << 20)),
-        mailbox_waiters: Waiters::new(8, 8),
-        arrivals: Waiters::new(8, 8),
-        outbox_kick: Arc::new(tokio::sync::Notify::new()),
-        metrics: Arc::new(Metrics::new()),
-        watermark: Arc::new(Watermark::new(0)),
         closing: tokio_util::sync::CancellationToken::new(),
-        cluster: Cluster::new(
-            &crate::config::ClusterConfig::default(),
-            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            b"",
-        ),
-        deliveries: Arc::new(Deliveries::default()),
-        pending: Arc::new(Pending::default()),
     }
 }
 

@@ -9,38 +9,19 @@ use tokio::sync::{Notify, mpsc};
 use super::batch::Batch;
 use super::clock::Clock;
 use super::committer::{Committed, Committer, Request};
-use super::watermark::Watermark;
-use crate::cluster::Cluster;
-use crate::domain::{MessageId, Position, UserId};
-use crate::metrics::Metrics;
-use crate::service::cache::{HistoryCache, MailboxCache, StoredEvent};
-use crate::service::outbox::deliveries::{Deliveries, Pending};
-use crate::service::waiters::Waiters;
-use crate::store::{Fence, Mutation, Store, StoreError, Table, keys};
+use crate::domain::{Position, UserId};
+use crate::service::cache::StoredEvent;
+use crate::service::handles::Handles;
+use crate::store::{Fence, Mutation, StoreError, Table, keys};
 
 /// What the committer task owns.
 pub struct Writer {
-    pub store: Arc<dyn Store>,
-    pub node_key: [u8; 8],
+    /// Appends to mailboxes this node does not own go to the outbox.
+    pub shared: Handles,
     pub clock: Clock,
     pub max_batch: usize,
-    pub mailbox_cache: Arc<MailboxCache>,
-    pub history_cache: Arc<HistoryCache>,
-    pub mailbox_waiters: Arc<Waiters<UserId>>,
-    pub arrivals: Arc<Waiters<(UserId, MessageId)>>,
-    /// Kicked whenever outbox rows were written.
-    pub outbox_kick: Arc<tokio::sync::Notify>,
-    pub metrics: Arc<Metrics>,
-    /// Raised after each batch that fully landed.
-    pub watermark: Arc<Watermark>,
     /// Fired at shutdown: take no new work, finish what is queued.
     pub closing: tokio_util::sync::CancellationToken,
-    /// Which mailboxes this node owns; appends to others go to the outbox.
-    pub cluster: Arc<Cluster>,
-    /// Copies callers wait for, by outbox id.
-    pub deliveries: Arc<Deliveries>,
-    /// Mailboxes with entries waiting in this node's outbox.
-    pub pending: Arc<Pending>,
 }
 
 /// Users this node appended to since the ring last changed. Before its
@@ -78,7 +59,7 @@ impl Writer {
                         break;
                     }
                     let mut requests = std::mem::take(&mut batch);
-                    if self.cluster.is_multi_node() {
+                    if self.shared.cluster.is_multi_node() {
                         match self.route(&mut requests, &mut warm).await {
                             Ok(()) => {}
                             Err(e) => {
@@ -106,14 +87,14 @@ impl Writer {
         // A node that stood still may have lost what it sequenced to
         // another node meanwhile: it commits nothing of its own until it
         // rejoined. Copies it was handed while rejoining may still land.
-        if !self.cluster.fresh()
-            || (!self.cluster.joined() && requests.iter().any(|r| !r.commit.here))
+        if !self.shared.cluster.fresh()
+            || (!self.shared.cluster.joined() && requests.iter().any(|r| !r.commit.here))
         {
             return Err(StoreError::Unavailable(
                 "this node's lease lapsed, or it is rejoining the ring".into(),
             ));
         }
-        let epoch = self.cluster.epoch();
+        let epoch = self.shared.cluster.epoch();
         if warm.epoch != epoch || warm.users.len() > MAX_WARM {
             warm.epoch = epoch;
             warm.users.clear();
@@ -126,8 +107,8 @@ impl Writer {
             for (user, event) in appends {
                 // In place only when nothing for this mailbox waits in the
                 // outbox, which would be overtaken.
-                let behind = self.pending.has(&user) || queued.contains(&user);
-                if c.here || (!behind && self.cluster.serves(user.0.as_bytes())) {
+                let behind = self.shared.pending.has(&user) || queued.contains(&user);
+                if c.here || (!behind && self.shared.cluster.serves(user.0.as_bytes())) {
                     if !warm.users.contains(&user) && !cold.contains(&user) {
                         cold.push(user);
                     }
@@ -145,7 +126,7 @@ impl Writer {
         }
         let mut scans = tokio::task::JoinSet::new();
         for user in cold.iter().copied() {
-            let store = self.store.clone();
+            let store = self.shared.store.clone();
             scans.spawn(async move {
                 store
                     .scan(crate::store::Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
@@ -167,26 +148,28 @@ impl Writer {
 
     async fn commit_batch(&mut self, mut requests: Vec<Request>) {
         let commits = requests.iter_mut().map(|r| &mut r.commit);
-        let batch = Batch::plan(commits, &mut self.clock, self.node_key);
+        let batch = Batch::plan(commits, &mut self.clock, self.shared.node_key);
         let delivered: Vec<Option<(u64, Arc<Notify>)>> = batch
             .awaited
             .iter()
-            .map(|id| id.map(|id| (id, self.deliveries.register(id))))
+            .map(|id| id.map(|id| (id, self.shared.deliveries.register(id))))
             .collect();
-        self.watermark.issue(batch.newest);
-        self.metrics
+        self.shared.watermark.issue(batch.newest);
+        self.shared
+            .metrics
             .commit_batch_size
             .observe(requests.len() as f64);
         let started = Instant::now();
         let result = self.write(batch.writes).await;
         let durable_at = Instant::now();
-        self.metrics
+        self.shared
+            .metrics
             .store_seconds
             .with_label_values(&["write"])
             .observe((durable_at - started).as_secs_f64());
         match result {
             Ok(()) => {
-                self.watermark.raise(batch.newest);
+                self.shared.watermark.raise(batch.newest);
                 self.landed(
                     requests,
                     batch.positions,
@@ -204,14 +187,14 @@ impl Writer {
     async fn write(&self, writes: Vec<Mutation>) -> Result<(), StoreError> {
         if writes.is_empty() {
             Ok(())
-        } else if self.cluster.is_multi_node() {
+        } else if self.shared.cluster.is_multi_node() {
             // Checked again as late as possible: the lease may have lapsed
             // since `route` (scans, a stopped process).
-            let cluster = self.cluster.clone();
+            let cluster = self.shared.cluster.clone();
             let fence: Fence = Arc::new(move || cluster.fresh());
-            self.store.write_fenced(writes, fence).await
+            self.shared.store.write_fenced(writes, fence).await
         } else {
-            self.store.write(writes).await
+            self.shared.store.write(writes).await
         }
     }
 
@@ -227,15 +210,15 @@ impl Writer {
         tracing::warn!(error = %e, sends = requests.len(), "commit failed");
         for request in &requests {
             for (user, _) in &request.commit.appends {
-                self.mailbox_cache.forget(user);
+                self.shared.mailbox_cache.forget(user);
             }
             if let Some((conv, _, _)) = &request.commit.message {
-                self.history_cache.forget(conv);
+                self.shared.history_cache.forget(conv);
             }
         }
         for (request, notify) in requests.into_iter().zip(delivered) {
             if let Some((id, _)) = notify {
-                self.deliveries.remove(id);
+                self.shared.deliveries.remove(id);
             }
             let _ = request
                 .reply
@@ -253,20 +236,20 @@ impl Writer {
         outbox_rows: i64,
         durable_at: Instant,
     ) {
-        if self.cluster.is_multi_node() {
+        if self.shared.cluster.is_multi_node() {
             for request in &requests {
                 for (user, _) in &request.commit.outbox {
-                    self.pending.add(*user);
+                    self.shared.pending.add(*user);
                 }
             }
         }
         if outbox_rows > 0 {
-            self.metrics.outbox_depth.add(outbox_rows);
-            self.outbox_kick.notify_one();
+            self.shared.metrics.outbox_depth.add(outbox_rows);
+            self.shared.outbox_kick.notify_one();
         }
         for (request, mine) in requests.iter().zip(&positions) {
             for ((user, event), position) in request.commit.appends.iter().zip(mine) {
-                self.mailbox_cache.append(
+                self.shared.mailbox_cache.append(
                     *user,
                     StoredEvent {
                         position: *position,
@@ -276,17 +259,18 @@ impl Writer {
                 );
             }
             if let Some((conv, seq, json)) = &request.commit.message {
-                self.history_cache.append(*conv, *seq, json.clone());
+                self.shared.history_cache.append(*conv, *seq, json.clone());
             }
         }
         for ((request, mine), delivered) in requests.into_iter().zip(positions).zip(delivered) {
             for (user, _) in &request.commit.appends {
-                self.mailbox_waiters.wake(user);
+                self.shared.mailbox_waiters.wake(user);
             }
             if let Some(key) = &request.commit.arrival {
-                self.arrivals.wake(key);
+                self.shared.arrivals.wake(key);
             }
-            self.metrics
+            self.shared
+                .metrics
                 .stage_seconds
                 .with_label_values(&["durable"])
                 .observe((durable_at - request.accepted_at).as_secs_f64());

@@ -1,19 +1,17 @@
 //! The worker: rounds of delivery, oldest entry first.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::deliveries::{Deliveries, Pending};
+use super::deliveries::Pending;
 use super::push::encode;
 use super::row::{cell_user, entry_id, parse_cell};
-use crate::cluster::{Cluster, Peer, Route};
+use crate::cluster::{Peer, Route};
 use crate::domain::UserId;
-use crate::metrics::Metrics;
 use crate::service::commit::{Commit, Committer, Watermark};
-use crate::store::{Mutation, Row, Scan, Store, StoreError, Table};
+use crate::service::handles::Handles;
+use crate::store::{Mutation, Row, Scan, StoreError, Table};
 
 /// Entries applied per round.
 const BATCH: usize = 512;
@@ -33,19 +31,14 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const BLOCKED_PAUSE: Duration = Duration::from_millis(100);
 
 pub struct Outbox {
-    pub store: Arc<dyn Store>,
+    pub shared: Handles,
     pub committer: Committer,
     /// Whose outbox this is: this node's, or a departed peer's.
     pub node_key: [u8; 8],
-    pub kick: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
-    /// Entries above it may still be landing, out of order. `None` for a
-    /// departed peer's outbox, of which nothing is in flight.
-    pub watermark: Option<Arc<Watermark>>,
-    pub cluster: Arc<Cluster>,
-    pub deliveries: Arc<Deliveries>,
-    /// Counts of this node's own entries (`None` for a departed peer's).
-    pub pending: Option<Arc<Pending>>,
+    /// This node's own outbox: entries above the watermark may still be
+    /// landing, out of order, and `Pending` counts them. A departed peer's
+    /// has nothing in flight.
+    pub mine: bool,
 }
 
 /// What one round did.
@@ -56,16 +49,27 @@ struct Round {
 }
 
 impl Outbox {
+    /// The watermark entries must be under, for this node's own outbox.
+    fn watermark(&self) -> Option<&Watermark> {
+        self.mine.then_some(&*self.shared.watermark)
+    }
+
+    /// The counts of waiting entries, for this node's own outbox.
+    fn pending(&self) -> Option<&Pending> {
+        self.mine.then_some(&*self.shared.pending)
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         if let Ok(left) = self
+            .shared
             .store
             .scan(Scan::prefix(Table::Outbox, &self.node_key, usize::MAX))
             .await
         {
             // Entries a previous run left behind count toward the depth.
-            self.metrics.outbox_depth.set(left.len() as i64);
-            if let Some(pending) = &self.pending {
+            self.shared.metrics.outbox_depth.set(left.len() as i64);
+            if let Some(pending) = self.pending() {
                 for user in left.iter().filter_map(|(_, cell)| cell_user(cell)) {
                     pending.add(user);
                 }
@@ -81,7 +85,7 @@ impl Outbox {
                     blocked: false,
                 }) => {
                     tokio::select! {
-                        _ = self.kick.notified() => {}
+                        _ = self.shared.outbox_kick.notified() => {}
                         _ = tokio::time::sleep(IDLE_RESCAN) => {}
                         _ = shutdown.cancelled() => {}
                     }
@@ -126,7 +130,7 @@ impl Outbox {
     }
 
     async fn round(&self, after: &mut Option<Vec<u8>>) -> Result<Round, StoreError> {
-        if !self.cluster.fresh() {
+        if !self.shared.cluster.fresh() {
             // Stood still: what it read before may have been delivered by
             // others since; wait until it rejoined.
             return Ok(Round {
@@ -148,8 +152,9 @@ impl Outbox {
             let ids = rows_ids(&plan.local.writes);
             let users: Vec<UserId> = plan.local.appends.iter().map(|(u, _)| *u).collect();
             self.committer.commit(plan.local).await?;
-            ids.into_iter().for_each(|id| self.deliveries.delivered(id));
-            if let Some(pending) = &self.pending {
+            ids.into_iter()
+                .for_each(|id| self.shared.deliveries.delivered(id));
+            if let Some(pending) = self.pending() {
                 users.iter().for_each(|u| pending.done(u));
             }
         }
@@ -158,8 +163,8 @@ impl Outbox {
             handled += done.writes.len();
             self.committer.commit(done).await?;
         }
-        if self.watermark.is_some() {
-            self.metrics.outbox_depth.sub(handled as i64);
+        if self.watermark().is_some() {
+            self.shared.metrics.outbox_depth.sub(handled as i64);
         }
         let blocked = plan.waiting || pushes_failed;
         // Entries left behind are retried before anything after them.
@@ -174,8 +179,8 @@ impl Outbox {
         if let Some(last) = after {
             scan.start = std::ops::Bound::Excluded(last.to_vec());
         }
-        let mut rows = self.store.scan(scan).await?;
-        if let Some(watermark) = &self.watermark {
+        let mut rows = self.shared.store.scan(scan).await?;
+        if let Some(watermark) = self.watermark() {
             let complete = watermark.get();
             if let Some(cut) = rows
                 .iter()
@@ -189,12 +194,13 @@ impl Outbox {
 
     /// Where the entry for `user`'s mailbox goes this round.
     fn destination(&self, user: UserId) -> Destination {
-        match self.cluster.delivery(user.0.as_bytes()) {
+        match self.shared.cluster.delivery(user.0.as_bytes()) {
             // A departed peer's entries are delivered by the newest
             // view: this node takes those mailboxes over, and their
             // previous owner is gone (draining comes before serving).
             Route::Local
-                if self.watermark.is_none() || self.cluster.settled_owner(user.0.as_bytes()) =>
+                if self.watermark().is_none()
+                    || self.shared.cluster.settled_owner(user.0.as_bytes()) =>
             {
                 Destination::Here
             }
@@ -211,7 +217,7 @@ impl Outbox {
     async fn push(&self, remote: Vec<(usize, Vec<&Row>)>) -> (Commit, bool) {
         let mut pushes = tokio::task::JoinSet::new();
         for (i, group) in remote {
-            let peer = self.cluster.peers()[i].clone();
+            let peer = self.shared.cluster.peers()[i].clone();
             let body = encode(
                 group
                     .iter()
@@ -221,7 +227,7 @@ impl Outbox {
                 .iter()
                 .map(|(row, cell)| (row.clone(), cell_user(cell)))
                 .collect();
-            let cluster = self.cluster.clone();
+            let cluster = self.shared.cluster.clone();
             pushes.spawn(async move {
                 let result = cluster.push_appends(&peer, body, PUSH_TIMEOUT).await;
                 (peer, rows, result)
@@ -241,9 +247,9 @@ impl Outbox {
             }
             for (row, user) in rows {
                 if let Some(id) = entry_id(&row) {
-                    self.deliveries.delivered(id);
+                    self.shared.deliveries.delivered(id);
                 }
-                if let (Some(pending), Some(user)) = (&self.pending, user) {
+                if let (Some(pending), Some(user)) = (self.pending(), user) {
                     pending.done(&user);
                 }
                 done.writes.push(delete(&row));
@@ -253,7 +259,8 @@ impl Outbox {
     }
 
     fn peer_index(&self, peer: &Peer) -> usize {
-        self.cluster
+        self.shared
+            .cluster
             .peers()
             .iter()
             .position(|p| p.id == peer.id)
