@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::cluster::{self, Cluster};
-use crate::config::{Backend, Config, ConfigError};
+use crate::config::{Backend, Built, Config, ConfigError};
 use crate::http::{self, Ctx, HttpLimits};
 use crate::metrics::Metrics;
 use crate::service::cache::{HistoryCache, MailboxCache};
@@ -51,7 +51,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let secret = config.secret()?;
+    serve_built(config.build()?, listener, shutdown).await
+}
+
+/// [`serve`] for a configuration already built (its secret derived).
+pub async fn serve_built(
+    built: Built,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let Built { config, secret } = built;
     let stop_signal = CancellationToken::new();
     {
         let stop_signal = stop_signal.clone();
@@ -71,7 +80,7 @@ pub async fn serve(
         }
         Backend::Hbase => Arc::new(open_hbase(&config, node_key, &stop_signal).await?),
     };
-    let node = Node::start(&config, store.clone()).await?;
+    let node = Node::start_with_secret(&config, &secret, store.clone()).await?;
     {
         let stop = node.stop.clone();
         tokio::spawn(async move {
@@ -160,6 +169,15 @@ impl Node {
     /// Builds the service on `store`: resumes the clock, starts the
     /// committer and the outbox worker.
     pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Node, AppError> {
+        Node::start_with_secret(config, &config.secret()?, store).await
+    }
+
+    /// [`Node::start`] with the secret already derived from `config`.
+    async fn start_with_secret(
+        config: &Config,
+        secret: &[u8],
+        store: Arc<dyn Store>,
+    ) -> Result<Node, AppError> {
         let metrics = Arc::new(Metrics::new());
         for collector in store.collectors() {
             metrics
@@ -170,8 +188,7 @@ impl Node {
         let node_key = node_key(&config.cluster.node_id);
         // Calls between nodes are signed with a key derived from the secret
         // (a single node takes no such call, but never an empty key either).
-        let secret = config.secret()?;
-        let cluster = Cluster::new(&config.cluster, config.server.listen, &secret);
+        let cluster = Cluster::new(&config.cluster, config.server.listen, secret);
         let lease = stored_lease(store.as_ref(), node_key).await?;
         let shared = Handles {
             store: store.clone(),

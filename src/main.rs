@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use carrier::auth::Auth;
-use carrier::config::Config;
+use carrier::config::{Built, Config};
 use carrier::domain::UserId;
 use clap::{Args, Parser, Subcommand};
 
@@ -95,31 +95,29 @@ fn main() -> ExitCode {
 }
 
 /// Reports a configuration error the way every command does.
-fn load_config(path: Option<&Path>) -> Result<(Config, Vec<u8>), ExitCode> {
+fn load_config(path: Option<&Path>) -> Result<Built, ExitCode> {
     let fail = |err: carrier::config::ConfigError| {
         eprintln!("carrier: {err}");
         ExitCode::from(USAGE_ERROR)
     };
-    let config = Config::load(path).map_err(fail)?;
-    let secret = config.secret().map_err(fail)?;
-    Ok((config, secret))
+    Config::load(path).and_then(Config::build).map_err(fail)
 }
 
 fn token(args: &TokenArgs) -> ExitCode {
-    let (_, secret) = match load_config(args.config.as_deref()) {
-        Ok(loaded) => loaded,
+    let built = match load_config(args.config.as_deref()) {
+        Ok(built) => built,
         Err(code) => return code,
     };
-    let token = Auth::new(&secret).mint(args.user, Duration::from_secs(args.ttl));
+    let token = Auth::new(&built.secret).mint(args.user, Duration::from_secs(args.ttl));
     println!("{token}");
     ExitCode::SUCCESS
 }
 
 fn serve(path: Option<&Path>) -> ExitCode {
-    // The secret is checked (or generated) now, so a bad one is a usage
-    // error before any port is bound; `app::serve` reads the same one.
-    let config = match load_config(path) {
-        Ok((config, _secret)) => config,
+    // The secret is checked (or generated) now, once, so a bad one is a
+    // usage error before any port is bound.
+    let built = match load_config(path) {
+        Ok(built) => built,
         Err(code) => return code,
     };
     init_logging();
@@ -138,10 +136,10 @@ fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(built))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(built: Built) -> ExitCode {
     // Register the handlers before binding, so a signal never finds the
     // default action (immediate death) once the node is reachable.
     let shutdown = match shutdown_signal() {
@@ -151,14 +149,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match bind(config.server.listen).await {
+    let listener = match bind(built.config.server.listen).await {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("carrier: {err:#}");
             return ExitCode::from(USAGE_ERROR);
         }
     };
-    match carrier::app::serve(config, listener, shutdown).await {
+    match carrier::app::serve_built(built, listener, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -492,10 +492,28 @@ impl Config {
         generated_secret(&self.storage.path)
     }
 
+    /// The configuration with what is derived from it: the secret is read
+    /// (or generated) here, once, so a bad one is a usage error before any
+    /// port is bound and no later step derives it again.
+    pub fn build(self) -> Result<Built, ConfigError> {
+        let secret = self.secret()?;
+        Ok(Built {
+            config: self,
+            secret,
+        })
+    }
+
     /// Where the generated secret lives (used only when no secret is configured).
     pub fn generated_secret_path(&self) -> PathBuf {
         self.storage.path.join(GENERATED_SECRET_FILE)
     }
+}
+
+/// A configuration and what is derived from it (see [`Config::build`]).
+pub struct Built {
+    pub config: Config,
+    /// The HS256 key (see [`Config::secret`]).
+    pub secret: Vec<u8>,
 }
 
 /// A toml error, headed by the full dotted key when toml names only its
