@@ -65,124 +65,120 @@ pub struct Metrics {
     pub ring_live_nodes: IntGauge,
 }
 
+// Constructors of the collectors below. Their names and help texts are
+// constants, checked by the tests, so building one cannot fail at runtime.
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+/// A histogram of seconds, in the latency buckets.
+fn latency(name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    Histogram::with_opts(opts).expect("valid metric")
+}
+
+fn latency_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    HistogramVec::new(opts, labels).expect("valid metric")
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry =
             Registry::new_custom(Some("carrier".into()), None).expect("a constant prefix is valid");
         let m = Metrics {
-            requests: IntCounterVec::new(
-                Opts::new("http_requests_total", "HTTP requests by route and status"),
+            requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests by route and status",
                 &["route", "status"],
-            )
-            .expect("valid metric"),
-            request_seconds: HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+            request_seconds: latency_vec(
+                "http_request_duration_seconds",
+                "HTTP request latency",
                 &["route"],
-            )
-            .expect("valid metric"),
-            stage_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "message_stage_seconds",
-                    "Time a message spends reaching each stage after it was accepted",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+            stage_seconds: latency_vec(
+                "message_stage_seconds",
+                "Time a message spends reaching each stage after it was accepted",
                 &["stage"],
-            )
-            .expect("valid metric"),
-            delivery_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "message_delivery_seconds",
-                    "From a message being durable to a parked poll answering with it",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            parked_polls: IntGauge::new("parked_polls", "Polls parked now").expect("valid metric"),
-            poll_wait_seconds: Histogram::with_opts(
-                HistogramOpts::new("poll_wait_seconds", "How long polls stayed parked")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            polls_abandoned: IntCounter::new(
+            ),
+            delivery_seconds: latency(
+                "message_delivery_seconds",
+                "From a message being durable to a parked poll answering with it",
+            ),
+            parked_polls: gauge("parked_polls", "Polls parked now"),
+            poll_wait_seconds: latency("poll_wait_seconds", "How long polls stayed parked"),
+            polls_abandoned: counter(
                 "polls_abandoned_total",
                 "Polls whose connection closed before they answered",
-            )
-            .expect("valid metric"),
-            polls_refused: IntCounterVec::new(
-                Opts::new(
-                    "polls_refused_total",
-                    "Polls refused by a parked-poll limit",
-                ),
+            ),
+            polls_refused: counter_vec(
+                "polls_refused_total",
+                "Polls refused by a parked-poll limit",
                 &["limit"],
-            )
-            .expect("valid metric"),
-            poll_cuts: IntCounter::new(
+            ),
+            poll_cuts: counter(
                 "poll_cuts_total",
                 "Polls cut by their connection closing before their hold ended",
-            )
-            .expect("valid metric"),
-            poll_holds_shortened: IntCounter::new(
+            ),
+            poll_holds_shortened: counter(
                 "poll_holds_shortened_total",
                 "Polls held for less than asked because the device's polls were cut before",
-            )
-            .expect("valid metric"),
-            sends_rate_limited: IntCounter::new(
+            ),
+            sends_rate_limited: counter(
                 "sends_rate_limited_total",
                 "Sends refused by the per-user send rate limit",
-            )
-            .expect("valid metric"),
-            messages_accepted: IntCounter::new(
+            ),
+            messages_accepted: counter(
                 "messages_accepted_total",
                 "Messages stored and acknowledged",
-            )
-            .expect("valid metric"),
-            duplicate_sends: IntCounter::new(
+            ),
+            duplicate_sends: counter(
                 "duplicate_sends_total",
                 "Sends answered from an earlier identical send",
-            )
-            .expect("valid metric"),
-            requests_forwarded: IntCounter::new(
+            ),
+            requests_forwarded: counter(
                 "requests_forwarded_total",
                 "Requests passed to the node that owns their user or conversation",
-            )
-            .expect("valid metric"),
-            sends_acked_before_delivery: IntCounter::new(
+            ),
+            sends_acked_before_delivery: counter(
                 "sends_acked_before_delivery_total",
                 "Direct sends acknowledged before the recipient's node took the copy (still in the outbox)",
-            )
-            .expect("valid metric"),
-            seq_fence_skips: IntCounter::new(
+            ),
+            seq_fence_skips: counter(
                 "seq_fence_skips_total",
                 "Times a conversation's seq counter was ahead of this node's head",
-            )
-            .expect("valid metric"),
-            seqs_reclaimed: IntCounter::new(
+            ),
+            seqs_reclaimed: counter(
                 "seqs_reclaimed_total",
                 "Seqs handed out but never stored, given to later sends so the order stays gap-free",
-            )
-            .expect("valid metric"),
-            pushed_repeats: IntCounter::new(
+            ),
+            pushed_repeats: counter(
                 "pushed_repeats_total",
                 "Events pushed by a peer and dropped as repeats of recent ones",
-            )
-            .expect("valid metric"),
-            ring_live_nodes: IntGauge::new(
+            ),
+            ring_live_nodes: gauge(
                 "ring_live_nodes",
                 "Nodes in the ring this node routes requests by, itself included",
-            )
-            .expect("valid metric"),
-            events_delivered: IntCounter::new(
+            ),
+            events_delivered: counter(
                 "events_delivered_total",
                 "Events handed to clients by polls",
-            )
-            .expect("valid metric"),
-            store_seconds: HistogramVec::new(
-                HistogramOpts::new("store_operation_seconds", "Store operation latency")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+            store_seconds: latency_vec(
+                "store_operation_seconds",
+                "Store operation latency",
                 &["op"],
-            )
-            .expect("valid metric"),
+            ),
             commit_batch_size: Histogram::with_opts(
                 HistogramOpts::new(
                     "commit_batch_size",
@@ -193,18 +189,13 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
-            cache_hits: IntCounterVec::new(
-                Opts::new("cache_hits_total", "Reads answered by a cache"),
+            cache_hits: counter_vec("cache_hits_total", "Reads answered by a cache", &["cache"]),
+            cache_misses: counter_vec(
+                "cache_misses_total",
+                "Reads that went to the store",
                 &["cache"],
-            )
-            .expect("valid metric"),
-            cache_misses: IntCounterVec::new(
-                Opts::new("cache_misses_total", "Reads that went to the store"),
-                &["cache"],
-            )
-            .expect("valid metric"),
-            outbox_depth: IntGauge::new("outbox_depth", "Outbox entries not yet applied")
-                .expect("valid metric"),
+            ),
+            outbox_depth: gauge("outbox_depth", "Outbox entries not yet applied"),
             registry,
         };
         m.register_all();

@@ -5,11 +5,11 @@ use std::time::Duration;
 use hyper::StatusCode;
 use tokio::time::Instant;
 
-use super::Ctx;
 use super::error::ApiError;
 use super::forward::{self, HOLD_MS, Outgoing};
 use super::request::Query;
 use super::response::{Response, json_array, json_response};
+use super::{Ctx, HttpLimits};
 use crate::cluster::Peer;
 use crate::domain::{Cursor, UserId};
 use crate::service::poll::PollRequest;
@@ -56,6 +56,44 @@ impl<'a> Via<'a> {
     }
 }
 
+/// A poll's query parameters, checked.
+struct PollQuery<'a> {
+    cursor: Option<Cursor>,
+    /// The hold the client asked for, capped at the server's maximum.
+    requested: Duration,
+    limit: usize,
+    /// The client's name for its device (hold times are learned per device).
+    device: &'a str,
+}
+
+impl<'a> PollQuery<'a> {
+    fn parse(query: &'a Query, limits: &HttpLimits) -> Result<PollQuery<'a>, ApiError> {
+        let cursor = match query.get("cursor") {
+            None => None,
+            Some(text) => Some(text.parse::<Cursor>().map_err(|_| {
+                ApiError::InvalidCursor("`cursor` is not a cursor this server issued".into())
+            })?),
+        };
+        let requested = match query.number("timeout")? {
+            None => limits.default_poll,
+            Some(secs) => Duration::from_secs(secs).min(limits.max_poll),
+        };
+        let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+        let device = query.get("device").unwrap_or("");
+        if device.len() > MAX_DEVICE {
+            return Err(ApiError::field(format!(
+                "query parameter `device` is longer than {MAX_DEVICE} bytes"
+            )));
+        }
+        Ok(PollQuery {
+            cursor,
+            requested,
+            limit,
+            device,
+        })
+    }
+}
+
 pub(super) async fn poll(
     ctx: &Ctx,
     user: UserId,
@@ -64,23 +102,12 @@ pub(super) async fn poll(
 ) -> Result<Response, ApiError> {
     let raw_query = query;
     let query = Query::parse(query);
-    let cursor = match query.get("cursor") {
-        None => None,
-        Some(text) => Some(text.parse::<Cursor>().map_err(|_| {
-            ApiError::InvalidCursor("`cursor` is not a cursor this server issued".into())
-        })?),
-    };
-    let requested = match query.number("timeout")? {
-        None => ctx.limits.default_poll,
-        Some(secs) => Duration::from_secs(secs).min(ctx.limits.max_poll),
-    };
-    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let device = query.get("device").unwrap_or("");
-    if device.len() > MAX_DEVICE {
-        return Err(ApiError::field(format!(
-            "query parameter `device` is longer than {MAX_DEVICE} bytes"
-        )));
-    }
+    let PollQuery {
+        cursor,
+        requested,
+        limit,
+        device,
+    } = PollQuery::parse(&query, &ctx.limits)?;
     let parks = cursor.is_some() && !requested.is_zero();
     if let Via::Here {
         given_hold: Some(hold),
