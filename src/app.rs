@@ -226,11 +226,7 @@ impl Node {
         });
         metrics.ring_live_nodes.set(cluster.peers().len() as i64);
         let ring = vec![
-            tokio::spawn(cluster::lease::run(
-                cluster.clone(),
-                store.clone(),
-                stop.clone(),
-            )),
+            cluster::lease::spawn(cluster.clone(), store.clone(), stop.clone()),
             tokio::spawn(
                 Takeover {
                     service: service.clone(),

@@ -246,7 +246,12 @@ impl Takeover {
         }
         self.cluster.set_settled(newest.epoch);
         if rejoining {
-            self.wait_to_be_routed(stop).await;
+            if self.wait_to_be_routed(stop).await {
+                // Every live peer settled: what they sequenced for this
+                // node's keys while it was away has landed, and no straggler
+                // is worth waiting for under a conversation's lock.
+                self.cluster.forget_previous();
+            }
             self.cluster.set_joined(true);
             // The live peers settled these while this node was away, unless
             // the whole ring restarted; doing it again is harmless.
@@ -332,8 +337,8 @@ impl Takeover {
 
     /// Waits (bounded) until every live peer routes this node's keys to it
     /// and has settled (its commits and outbox entries for them landed), so
-    /// two nodes do not both serve them.
-    async fn wait_to_be_routed(&self, stop: &CancellationToken) {
+    /// two nodes do not both serve them. False if it gave up waiting.
+    async fn wait_to_be_routed(&self, stop: &CancellationToken) -> bool {
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
         let me = self.cluster.me().id.clone();
         loop {
@@ -348,14 +353,14 @@ impl Takeover {
                 }
             }
             if waiting.is_empty() {
-                return;
+                return true;
             }
             if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                 tracing::warn!(
                     ?waiting,
                     "joining although some peers do not route to this node yet"
                 );
-                return;
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
