@@ -6,6 +6,7 @@
 //!
 //! - [`run`]: from parsed options to a result. [`cli`]: the options. [`plan`]: users, devices, conversations.
 //! - [`target`]: the one place that speaks Carrier's or Nchan's protocol.
+//!   [`wire`]: the JSON it reads, and the events and errors made of it.
 //! - [`client`]: raw hyper HTTP/1.1 connections and the send pool.
 //! - [`failover`]: several target nodes: when to move to the next, backoff,
 //!   and the per-user send-outage figure.
