@@ -14,7 +14,7 @@
 //! - [`engine`] (+ [`device`], [`send`]): the running load and its books.
 //! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
 //! - [`stats`]: histograms and time series. [`cpu`]: server and tool CPU
-//!   per message. [`report`], [`html`]: output.
+//!   per message, and the server's memory. [`report`], [`html`]: output.
 //! - [`scenario`], [`idle`]: what each scenario does. [`workers`]: runs
 //!   past one process's open-files limit. [`limits`]: RLIMIT_NOFILE.
 

@@ -16,8 +16,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::cli::{Args, Scenario};
+use crate::cpu::{per_poll, rss_kib};
 use crate::engine::Engine;
-use crate::idle::{per_poll, rss_kib};
 use crate::progress::Progress;
 use crate::report::RunResult;
 use crate::stats::Sample;
