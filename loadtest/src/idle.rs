@@ -69,7 +69,7 @@ pub async fn run(
         (parked, after)
     } else {
         // A worker: the parent samples memory, then closes our stdin.
-        crate::workers::wait_for_parent(Duration::from_secs(args.max_seconds)).await;
+        crate::worker_protocol::wait_for_parent(Duration::from_secs(args.max_seconds)).await;
         (Counters::get(&engine.counters.parked), 0)
     };
     engine.stop.cancel();

@@ -15,8 +15,10 @@
 //! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
 //! - [`stats`]: histograms and time series. [`cpu`]: server and tool CPU
 //!   per message, and the server's memory. [`report`], [`html`]: output.
-//! - [`scenario`], [`idle`]: what each scenario does. [`workers`]: runs
-//!   past one process's open-files limit. [`limits`]: RLIMIT_NOFILE.
+//! - [`scenario`], [`idle`]: what each scenario does. [`progress`]: the live
+//!   line. [`workers`]: runs past one process's open-files limit, and
+//!   [`worker_protocol`]: what a worker and its parent say to each other.
+//!   [`limits`]: RLIMIT_NOFILE.
 
 pub mod cli;
 pub mod client;
@@ -38,6 +40,7 @@ pub mod send;
 pub mod stats;
 pub mod target;
 pub mod wire;
+pub mod worker_protocol;
 pub mod workers;
 
 #[cfg(test)]
