@@ -77,25 +77,44 @@ impl Watch {
 /// heartbeat connection: request work can neither delay a renewal's turn
 /// on the async threads nor queue it behind its own store calls, and a
 /// renewal that misses its lease takes the node out of the ring.
+///
+/// The returned task ends with `stop`; the thread ends with it, or when
+/// the calling runtime goes away without `stop` (a node dropped in a test).
 pub fn spawn(
     cluster: Arc<Cluster>,
     store: Arc<dyn Store>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::task::spawn_blocking(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::error!(error = %e, "no runtime for the lease; renewing on the shared one");
-                return tokio::runtime::Handle::current().block_on(run(cluster, store, stop));
+    let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+    let lease_store = store.heartbeat_store().unwrap_or_else(|| store.clone());
+    let (thread_cluster, thread_stop) = (cluster.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("carrier-lease".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    tokio::select! {
+                        () = run(thread_cluster, lease_store, thread_stop) => {}
+                        _ = gone => {}
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "no runtime for the lease thread"),
             }
-        };
-        let store = store.heartbeat_store().unwrap_or(store);
-        runtime.block_on(run(cluster, store, stop));
-    })
+        });
+    match thread {
+        Ok(_) => tokio::spawn(async move {
+            // Held here: dropped with this task, which ends the thread.
+            let _alive = alive;
+            stop.cancelled().await;
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "no thread for the lease; renewing on the shared runtime");
+            tokio::spawn(run(cluster, store, stop))
+        }
+    }
 }
 
 /// Renews this node's lease and follows its peers' until `stop`.

@@ -309,13 +309,6 @@ impl Cluster {
         *self.previous.write().unwrap_or_else(|e| e.into_inner()) = previous;
     }
 
-    /// Records that no node that served this node's keys before is still
-    /// landing commits for them (every live peer settled after a rejoin).
-    pub fn forget_previous(&self) {
-        let serving = self.serving();
-        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = serving;
-    }
-
     /// Whether the node that served `key` before the last ring change is
     /// another one that is still up: its last commits may still be landing.
     pub fn previous_owner_alive(&self, key: &[u8]) -> bool {
@@ -437,12 +430,9 @@ mod tests {
             &key,
         );
         assert_eq!(n1.previous_owner_alive(&key), served_meanwhile != 0);
-        // A node that rejoins assumes the ring without it served its keys,
-        // until its peers say they settled.
+        // A node that rejoins assumes the ring without it served its keys.
         n1.publish_rejoined(n1.newest());
         assert!(n1.previous_owner_alive(&mine));
-        n1.forget_previous();
-        assert!(!n1.previous_owner_alive(&mine));
     }
 
     #[test]

@@ -246,12 +246,11 @@ impl Takeover {
         }
         self.cluster.set_settled(newest.epoch);
         if rejoining {
-            if self.wait_to_be_routed(stop).await {
-                // Every live peer settled: what they sequenced for this
-                // node's keys while it was away has landed, and no straggler
-                // is worth waiting for under a conversation's lock.
-                self.cluster.forget_previous();
-            }
+            // Even when every peer settled, a send of theirs may sit between
+            // taking its seq and committing it: the first sends here still
+            // wait for such stragglers (forgetting the previous owners here
+            // overwrote messages in the cluster suite's kill phase).
+            self.wait_to_be_routed(stop).await;
             self.cluster.set_joined(true);
             // The live peers settled these while this node was away, unless
             // the whole ring restarted; doing it again is harmless.
@@ -337,8 +336,8 @@ impl Takeover {
 
     /// Waits (bounded) until every live peer routes this node's keys to it
     /// and has settled (its commits and outbox entries for them landed), so
-    /// two nodes do not both serve them. False if it gave up waiting.
-    async fn wait_to_be_routed(&self, stop: &CancellationToken) -> bool {
+    /// two nodes do not both serve them.
+    async fn wait_to_be_routed(&self, stop: &CancellationToken) {
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
         let me = self.cluster.me().id.clone();
         loop {
@@ -353,14 +352,14 @@ impl Takeover {
                 }
             }
             if waiting.is_empty() {
-                return true;
+                return;
             }
             if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                 tracing::warn!(
                     ?waiting,
                     "joining although some peers do not route to this node yet"
                 );
-                return false;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
