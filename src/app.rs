@@ -223,7 +223,7 @@ impl Node {
         });
         metrics.ring_live_nodes.set(cluster.peers().len() as i64);
         let ring = vec![
-            tokio::spawn(cluster::lease::run(cluster.clone(), store, stop.clone())),
+            cluster::lease::spawn(cluster.clone(), store, stop.clone()),
             tokio::spawn(
                 Takeover {
                     service: service.clone(),

@@ -110,9 +110,12 @@ pub struct Args {
 
     /// Accept a sender's own copies (on its own devices) arriving after
     /// later messages of the conversation. The contract says every
-    /// participant sees seq order; Carrier today delivers the sender's copy
-    /// through its outbox after the recipients' events, so without this
-    /// flag such runs are not clean. The count is reported either way.
+    /// participant sees seq order, and Carrier keeps it for the sender's
+    /// copy too: it is in the same commit as the recipients' events, and a
+    /// copy owed to another node's mailbox is durable in the outbox of the
+    /// node that sequenced it and pushed in id order per destination. A
+    /// clean Carrier run needs no flag; without it, late own copies make a
+    /// run not clean. The count is reported either way.
     #[arg(long, global = true)]
     pub allow_copy_reorder: bool,
 

@@ -2,6 +2,9 @@
 //! /proc/PID/stat. On a machine where both share the cores, a rate alone
 //! does not say which side ran out: CPU per acked message does, and it
 //! compares two servers whatever the load generator took.
+//!
+//! Also the server's resident memory, from /proc/PID/status, which `idle`
+//! divides by the polls it parked.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +34,30 @@ fn ticks_per_second() -> f64 {
     #[allow(unsafe_code)]
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Resident memory of `pids`, summed, in KiB.
+pub fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+        total += kib;
+    }
+    Ok(total)
+}
+
+/// KiB of resident memory per parked poll, from readings before and after.
+pub fn per_poll(before: u64, after: u64, parked: u64) -> f64 {
+    if parked == 0 {
+        return 0.0;
+    }
+    (after as f64 - before as f64) / parked as f64
 }
 
 /// A reading taken at the start of a phase.

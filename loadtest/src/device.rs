@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::failover::{self, Backoff};
 use crate::oracle::Delivery;
 use crate::stats::Counters;
-use crate::target::Event;
+use crate::wire::Event;
 
 /// The longest random moment at which a poll is cut.
 const CUT_WITHIN: Duration = Duration::from_millis(1000);

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::cli::{Args, IdleArgs};
 use crate::client::Sources;
+use crate::cpu::{per_poll, rss_kib};
 use crate::engine::Engine;
 use crate::plan::{Plan, Tokens};
 use crate::progress::Progress;
@@ -17,22 +18,6 @@ use crate::report::{Idle, RunResult};
 use crate::scenario::{fill, settings};
 use crate::stats::Counters;
 use crate::target::Target;
-
-/// Resident memory of `pids`, summed, in KiB.
-pub fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for pid in pids {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
-        total += kib;
-    }
-    Ok(total)
-}
 
 /// Parks `polls` polls; samples memory only when `sample` (a worker leaves
 /// that to its parent, which sees every worker's polls).
@@ -84,7 +69,7 @@ pub async fn run(
         (parked, after)
     } else {
         // A worker: the parent samples memory, then closes our stdin.
-        crate::workers::wait_for_parent(Duration::from_secs(args.max_seconds)).await;
+        crate::worker_protocol::wait_for_parent(Duration::from_secs(args.max_seconds)).await;
         (Counters::get(&engine.counters.parked), 0)
     };
     engine.stop.cancel();
@@ -113,13 +98,6 @@ pub async fn run(
         result.clean = false;
     }
     Ok(result)
-}
-
-pub fn per_poll(before: u64, after: u64, parked: u64) -> f64 {
-    if parked == 0 {
-        return 0.0;
-    }
-    (after as f64 - before as f64) / parked as f64
 }
 
 /// Waits until `n` polls are on the wire (or `timeout`).

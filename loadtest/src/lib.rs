@@ -6,6 +6,7 @@
 //!
 //! - [`run`]: from parsed options to a result. [`cli`]: the options. [`plan`]: users, devices, conversations.
 //! - [`target`]: the one place that speaks Carrier's or Nchan's protocol.
+//!   [`wire`]: the JSON it reads, and the events and errors made of it.
 //! - [`client`]: raw hyper HTTP/1.1 connections and the send pool.
 //! - [`failover`]: several target nodes: when to move to the next, backoff,
 //!   and the per-user send-outage figure.
@@ -13,9 +14,11 @@
 //! - [`engine`] (+ [`device`], [`send`]): the running load and its books.
 //! - [`oracle`]: lost / duplicated / reordered / corrupted, receipts, history.
 //! - [`stats`]: histograms and time series. [`cpu`]: server and tool CPU
-//!   per message. [`report`], [`html`]: output.
-//! - [`scenario`], [`idle`]: what each scenario does. [`workers`]: runs
-//!   past one process's open-files limit. [`limits`]: RLIMIT_NOFILE.
+//!   per message, and the server's memory. [`report`], [`html`]: output.
+//! - [`scenario`], [`idle`]: what each scenario does. [`progress`]: the live
+//!   line. [`workers`]: runs past one process's open-files limit, and
+//!   [`worker_protocol`]: what a worker and its parent say to each other.
+//!   [`limits`]: RLIMIT_NOFILE.
 
 pub mod cli;
 pub mod client;
@@ -37,6 +40,7 @@ pub mod send;
 pub mod stats;
 pub mod target;
 pub mod wire;
+pub mod worker_protocol;
 pub mod workers;
 
 #[cfg(test)]

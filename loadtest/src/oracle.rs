@@ -71,9 +71,9 @@ pub struct Counts {
     pub duplicated: u64,
     /// A message delivered after a later one of its conversation.
     pub reordered: u64,
-    /// The same, for a sender's own copy on its own devices (Carrier sends
-    /// those through its outbox, after the recipients' events); failing
-    /// unless `--allow-copy-reorder`.
+    /// The same, for a sender's own copy on its own devices; failing
+    /// unless `--allow-copy-reorder` (Carrier keeps these in seq order
+    /// too, so its runs need no such allowance).
     pub copies_reordered: u64,
     /// Seqs a device skipped over (a `seq` never seen by anyone, or a
     /// `prev_message_id` that does not name the message before).

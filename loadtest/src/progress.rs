@@ -42,7 +42,7 @@ impl Progress {
         tokio::spawn(engine.clone().sampler(Duration::from_secs(1), move |e, s| {
             progress.sample(e, s);
             if worker {
-                crate::workers::emit_progress(e, s);
+                crate::worker_protocol::emit_progress(e, s);
             }
         }))
     }

@@ -11,7 +11,7 @@ use crate::cli::{Args, Scenario};
 use crate::plan::Tokens;
 use crate::report::RunResult;
 use crate::target::Peer;
-use crate::{html, idle, limits, scenario, workers};
+use crate::{html, idle, limits, scenario, worker_protocol, workers};
 
 /// Combinations that cannot give honest figures.
 pub fn check(args: &Args) -> Result<(), String> {
@@ -83,7 +83,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<RunResult>> {
     if let Some(spec) = &args.worker {
         let (index, count) = workers::parse(spec)?;
         let result = run_here(args, &tokens, index, count).await?;
-        workers::emit_result(result);
+        worker_protocol::emit_result(result);
         return Ok(None);
     }
     let n = workers::needed(args, limits::sockets_per_process(limit));

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use crate::client::Reply;
 use crate::oracle::{Seen, body_hash};
 use crate::wire::{
-    AckMessage, AckReply, Envelope, HistoryReply, PollReply, WireEvent, WireMessage, loose_poll,
+    AckMessage, AckReply, Envelope, Event, HistoryReply, PollReply, TargetError, WireEvent,
+    WireMessage, loose_poll,
 };
 
 /// Which protocol the target speaks.
@@ -23,15 +24,6 @@ pub enum Peer {
     /// Nchan: channels per user mailbox (or per group for `fanout`);
     /// messages live in nginx's memory; no seq, history or receipts.
     Nchan,
-}
-
-/// Why a response could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    #[error("status {0}")]
-    Status(StatusCode),
-    #[error("unexpected body: {0}")]
-    Body(String),
 }
 
 /// A virtual user as the target knows it.
@@ -47,19 +39,6 @@ pub struct Identity {
 pub enum Dest {
     Direct(Uuid),
     Group(Uuid),
-}
-
-/// One event a poll returned, in the terms the oracle uses.
-#[derive(Debug)]
-pub enum Event {
-    Message(Seen),
-    Read {
-        conversation_id: Uuid,
-        up_to_seq: u64,
-    },
-    /// A message event the oracle cannot read (counted as corrupted).
-    Malformed,
-    Other,
 }
 
 /// What a send's ack says.

@@ -2,16 +2,42 @@
 //! bodies stay raw text (hashed as they came), nothing is built into a
 //! `serde_json::Value`. The tool shares the cores with the server it
 //! measures, so its per-event cost matters.
+//!
+//! What it yields is here too, so [`crate::target`] builds on this module
+//! and not the other way round: the [`Event`]s a poll returned and the
+//! [`TargetError`] of a response that could not be used.
 
 use std::borrow::Cow;
 
+use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::oracle::{Seen, body_hash};
-use crate::target::{Event, TargetError};
+
+/// Why a response could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("status {0}")]
+    Status(StatusCode),
+    #[error("unexpected body: {0}")]
+    Body(String),
+}
+
+/// One event a poll returned, in the terms the oracle uses.
+#[derive(Debug)]
+pub enum Event {
+    Message(Seen),
+    Read {
+        conversation_id: Uuid,
+        up_to_seq: u64,
+    },
+    /// A message event the oracle cannot read (counted as corrupted).
+    Malformed,
+    Other,
+}
 
 /// `GET /v1/poll`'s answer.
 #[derive(Deserialize)]

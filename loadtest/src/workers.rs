@@ -2,46 +2,24 @@
 //! processes (this same binary with `--worker I/N`), each driving its share
 //! of users at its share of the rate in a closed world of its own (so each
 //! worker's oracle sees every message it sent). Workers print JSON lines on
-//! stdout: a progress sample each second and their result at the end; the
-//! parent merges them. For `idle` the parent samples the server's memory
-//! once all workers' polls are parked, then closes the workers' stdin to
-//! let them go.
+//! stdout (see [`crate::worker_protocol`]): a progress sample each second
+//! and their result at the end; the parent merges them. For `idle` the
+//! parent samples the server's memory once all workers' polls are parked,
+//! then closes the workers' stdin to let them go.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::cli::{Args, Scenario};
-use crate::engine::Engine;
-use crate::idle::{per_poll, rss_kib};
+use crate::cpu::{per_poll, rss_kib};
 use crate::progress::Progress;
 use crate::report::RunResult;
 use crate::stats::Sample;
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Line {
-    Progress(Sample),
-    Result(Box<RunResult>),
-}
-
-/// A worker's progress line (called by the sampler of a worker).
-pub fn emit_progress(_engine: &Engine, sample: &Sample) {
-    if let Ok(text) = serde_json::to_string(&Line::Progress(sample.clone())) {
-        println!("{text}");
-    }
-}
-
-/// A worker's final line.
-pub fn emit_result(result: RunResult) {
-    if let Ok(text) = serde_json::to_string(&Line::Result(Box::new(result))) {
-        println!("{text}");
-    }
-}
+use crate::worker_protocol::Line;
 
 /// Parses `--worker I/N`.
 pub fn parse(spec: &str) -> anyhow::Result<(usize, usize)> {
@@ -184,13 +162,4 @@ fn merge_samples(latest: &[Option<Sample>]) -> Sample {
         m.p99_ms = m.p99_ms.max(s.p99_ms);
     }
     m
-}
-
-/// In an idle worker: hold the polls until the parent closes stdin.
-pub async fn wait_for_parent(limit: Duration) {
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let _ = tokio::time::timeout(limit, async {
-        while let Ok(Some(_)) = stdin.next_line().await {}
-    })
-    .await;
 }

@@ -61,7 +61,18 @@ impl Service {
             ConversationMeta::Direct { members } => {
                 members.into_iter().filter(|m| *m != user).collect()
             }
-            ConversationMeta::Group { .. } => self.senders_between(conv, from, up_to).await?,
+            // Senders still in the group: one removed receives nothing after
+            // its removal, receipts included.
+            ConversationMeta::Group { group_id } => {
+                let senders = self.senders_between(conv, from, up_to).await?;
+                match self.group_state(group_id).await? {
+                    Some(group) => senders
+                        .into_iter()
+                        .filter(|s| group.membership(*s) == Membership::Member)
+                        .collect(),
+                    None => BTreeSet::new(),
+                }
+            }
         };
         let at = now_ms();
         let event = Event::Receipt {

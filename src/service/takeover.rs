@@ -244,6 +244,10 @@ impl Takeover {
         }
         self.shared.cluster.set_settled(newest.epoch);
         if rejoining {
+            // Even when every peer settled, a send of theirs may sit between
+            // taking its seq and committing it: the first sends here still
+            // wait for such stragglers (forgetting the previous owners here
+            // overwrote messages in the cluster suite's kill phase).
             self.wait_to_be_routed(stop).await;
             self.shared.cluster.set_joined(true);
             // The live peers settled these while this node was away, unless

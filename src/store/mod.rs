@@ -207,6 +207,14 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the store can serve; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The same store over a connection of its own, for the ring's lease
+    /// renewals: they must not queue behind request traffic for a pooled
+    /// connection, nor behind a pending batch. `None`: this store has no
+    /// such queue (the embedded one), use it as it is. Writes no batches.
+    fn heartbeat_store(&self) -> Option<std::sync::Arc<dyn Store>> {
+        None
+    }
+
     /// Finishes the batch another node (by its node key) may have left
     /// half-written when it died, so a node taking over its users and
     /// conversations starts from whole batches. Only a store several nodes

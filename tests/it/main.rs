@@ -6,6 +6,7 @@
 mod harness;
 
 mod api;
+mod authz;
 mod cors;
 mod crash;
 mod errors;

@@ -328,3 +328,59 @@ async fn group_changes_have_a_per_user_budget() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
 }
+
+/// The positive path over real HTTP: a peer's signed calls are taken.
+#[tokio::test]
+async fn a_peers_signed_calls_are_taken() {
+    use carrier::cluster::Cluster;
+    use carrier::config::{ClusterConfig, PeerConfig};
+    let node = Node::start_with(|c| {
+        c.cluster.node_id = "n2".into();
+        c.cluster.peers = vec![
+            PeerConfig {
+                id: "n1".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+            },
+            PeerConfig {
+                id: "n2".into(),
+                addr: "127.0.0.1:2".parse().unwrap(),
+            },
+        ];
+    })
+    .await;
+    let peers = vec![
+        PeerConfig {
+            id: "n1".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        },
+        PeerConfig {
+            id: "n2".into(),
+            addr: node.addr,
+        },
+    ];
+    let n1 = Cluster::new(
+        &ClusterConfig {
+            node_id: "n1".into(),
+            peers,
+            ..ClusterConfig::default()
+        },
+        "127.0.0.1:1".parse().unwrap(),
+        crate::harness::SECRET.as_bytes(),
+    );
+    let n2 = &n1.peers()[1];
+    let view = n1
+        .view_of(n2, std::time::Duration::from_secs(5))
+        .await
+        .expect("the ring view, asked by a peer");
+    assert_eq!(view.node_id, "n2");
+    // A user whose mailbox n2 owns.
+    let user = (0..)
+        .map(|_| UserId(Uuid::new_v4()))
+        .find(|u| n1.owner_in(&n1.newest(), u.0.as_bytes()) == 1)
+        .unwrap();
+    let body = push_body(user, br#"{"type":"message","message":{}}"#);
+    let pushed = n1
+        .push_appends(n2, body, std::time::Duration::from_secs(5))
+        .await;
+    assert!(pushed.is_ok(), "{pushed:?}");
+}

@@ -98,6 +98,12 @@ impl Intents {
         }
     }
 
+    /// A log with nothing pending, for a store that writes no batches (the
+    /// lease's own connection).
+    pub(super) fn unlogged(&self) -> Intents {
+        Intents::new(self.table.clone(), self.node_key, self.wait)
+    }
+
     pub(super) fn table(&self) -> &[u8] {
         &self.table
     }

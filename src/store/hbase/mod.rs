@@ -94,6 +94,23 @@ impl HbaseStore {
         Ok(store)
     }
 
+    /// This store over one connection of its own, with no batch log of its
+    /// own to finish first (see [`Store::heartbeat_store`]).
+    fn heartbeat_channel(&self) -> HbaseStore {
+        let pool = &self.inner.pool;
+        let settings = Settings {
+            size: 1,
+            ..pool.settings().clone()
+        };
+        HbaseStore {
+            inner: Arc::new(Inner {
+                pool: Arc::new(Pool::new(settings, pool.seconds().clone())),
+                names: self.inner.names.clone(),
+                intents: self.inner.intents.unlogged(),
+            }),
+        }
+    }
+
     /// The Thrift call-time histogram, for the node's `/metrics`.
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         vec![Box::new(self.inner.pool.seconds().clone())]
@@ -336,6 +353,10 @@ fn scan_cells(
 
 #[async_trait]
 impl Store for HbaseStore {
+    fn heartbeat_store(&self) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(self.heartbeat_channel()))
+    }
+
     async fn get(&self, table: Table, row: &[u8]) -> Result<Option<Bytes>, StoreError> {
         self.inner.intents.settle(self).await?;
         let (name, row) = (self.table(table), row.to_vec());

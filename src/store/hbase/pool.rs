@@ -48,6 +48,7 @@ pub(super) enum CallError {
     Thrift(thrift::Error),
 }
 
+#[derive(Clone)]
 pub(super) struct Settings {
     pub addr: String,
     pub size: usize,
@@ -200,6 +201,10 @@ impl Pool {
                 since: Instant::now(),
             });
         }
+    }
+
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub(super) fn seconds(&self) -> &HistogramVec {
