@@ -151,6 +151,9 @@ async fn a_bad_signature_is_refused_before_the_body_is_read() {
     // A ring of two over the embedded store (the peer never starts): the
     // internal routes exist, and the signature is all that guards them.
     let node = Node::start_with(|c| {
+        // Its own store even when the suite runs on HBase: the ring's rows
+        // (leases, clocks) would be shared with other tests' nodes there.
+        c.storage.backend = carrier::config::Backend::Embedded;
         c.cluster.node_id = "n1".into();
         c.cluster.peers = vec![
             carrier::config::PeerConfig {
@@ -335,6 +338,8 @@ async fn a_peers_signed_calls_are_taken() {
     use carrier::cluster::Cluster;
     use carrier::config::{ClusterConfig, PeerConfig};
     let node = Node::start_with(|c| {
+        // Its own store, as above.
+        c.storage.backend = carrier::config::Backend::Embedded;
         c.cluster.node_id = "n2".into();
         c.cluster.peers = vec![
             PeerConfig {
