@@ -24,10 +24,10 @@ fn group_id(id: &str) -> Result<GroupId, ApiError> {
 /// per-user budget of creations and member changes keeps that from being
 /// a spam channel without limits (docs/security.md).
 fn take_group_change(ctx: &Ctx, user: UserId) -> Result<(), ApiError> {
-    ctx.group_rate.take(user).map_err(|wait| {
-        ctx.service.metrics().sends_rate_limited.inc();
-        ApiError::RateLimited("group changes", wait)
-    })
+    // Counted by the request metrics (429 on the route), not as a send.
+    ctx.group_rate
+        .take(user)
+        .map_err(|wait| ApiError::RateLimited("group changes", wait))
 }
 
 pub(super) async fn create(
