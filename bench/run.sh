@@ -59,8 +59,8 @@ if want trivial || want sends; then
       # Thrift round trips per accepted send, and the mean time of each kind.
       accepted=$(echo "$metrics" | awk '/^carrier_messages_accepted_total/ {print $2}')
       echo "$metrics" | awk -v sends="$accepted" '
-        /^carrier_hbase_call_seconds_count/ { match($0, /method="[^"]+"/); m = substr($0, RSTART + 8, RLENGTH - 9); n[m] = $2 }
-        /^carrier_hbase_call_seconds_sum/ { match($0, /method="[^"]+"/); m = substr($0, RSTART + 8, RLENGTH - 9); t[m] = $2 }
+        /^carrier_hbase_call_seconds_count/ { match($0, /method="[^"]+"/); m = substr($0, RSTART + 8, RLENGTH - 9); n[m] += $2 }
+        /^carrier_hbase_call_seconds_sum/ { match($0, /method="[^"]+"/); m = substr($0, RSTART + 8, RLENGTH - 9); t[m] += $2 }
         END { printf "sends accepted: %d\n", sends;
               for (m in n) if (n[m] > 0) printf "  %-12s calls %8d  per send %.3f  mean %.2f ms\n", m, n[m], n[m] / sends, 1000 * t[m] / n[m] }'
     fi

@@ -17,16 +17,30 @@ pub struct Batch {
 
 impl Service {
     /// The position of the newest event (0 for an empty mailbox).
+    ///
+    /// A miss is remembered as an empty tail at that head (as `read_after`
+    /// does when it finds nothing): a device's first poll takes the head,
+    /// and its next poll, from that head, is then served from the cache
+    /// instead of two more scans of the store.
     pub(crate) async fn head(&self, user: UserId) -> Result<Position> {
         if let Some(tail) = self.inner.mailbox_cache.get(&user) {
             return Ok(Position(tail.head()));
         }
-        self.stored_head(user).await
+        // Taken before the store is read (see `remember_empty`).
+        let removals = self.inner.mailbox_cache.removals(&user);
+        let (head, complete) = self.stored_head(user).await?;
+        if complete {
+            self.inner
+                .mailbox_cache
+                .remember_empty(user, head.0, removals);
+        }
+        Ok(head)
     }
 
     /// The newest complete position the store holds, which may be ahead of
-    /// the cache.
-    async fn stored_head(&self, user: UserId) -> Result<Position> {
+    /// the cache, and whether it is the newest row there at all (false:
+    /// one of this node's batches is landing above it).
+    async fn stored_head(&self, user: UserId) -> Result<(Position, bool)> {
         let watermark = &self.inner.watermark;
         let newest = self
             .scan(Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev())
@@ -34,19 +48,18 @@ impl Service {
             .first()
             .and_then(|(row, _)| keys::trailing_u64(row));
         match newest {
-            Some(p) if watermark.visible(p) => Ok(Position(p)),
-            None => Ok(Position(0)),
+            Some(p) if watermark.visible(p) => Ok((Position(p), true)),
+            None => Ok((Position(0), true)),
             // One of this node's batches is landing: the head below it.
             Some(_) => {
                 let mut scan = Scan::prefix(Table::Mailboxes, user.0.as_bytes(), 1).rev();
                 scan.end = Bound::Included(keys::id_u64(user.0, watermark.get()));
                 let newest = self.scan(scan).await?;
-                Ok(Position(
-                    newest
-                        .first()
-                        .and_then(|(row, _)| keys::trailing_u64(row))
-                        .unwrap_or(0),
-                ))
+                let head = newest
+                    .first()
+                    .and_then(|(row, _)| keys::trailing_u64(row))
+                    .unwrap_or(0);
+                Ok((Position(head), false))
             }
         }
     }
@@ -99,7 +112,7 @@ impl Service {
             rows.truncate(cut);
         }
         if rows.is_empty() {
-            let head = self.stored_head(user).await?;
+            let (head, _) = self.stored_head(user).await?;
             if cursor > head {
                 return Err(Error::InvalidCursor);
             }

@@ -123,7 +123,7 @@ impl Intents {
         let name = self.table.clone();
         let range = super::range::Range::prefix(&node_key);
         store
-            .call("scan", true, move |c| {
+            .call("scan", TABLE, true, move |c| {
                 super::scan_cells(c, &name, &range, usize::MAX)
             })
             .await
@@ -186,7 +186,7 @@ impl Intents {
             .collect();
         let (name, upto) = (self.table.clone(), replay.upto);
         store
-            .call("mutateRowsTs", true, move |c| {
+            .call("mutateRowsTs", TABLE, true, move |c| {
                 c.mutate_rows_ts(name.clone(), rows.clone(), upto, BTreeMap::new())
             })
             .await
@@ -249,7 +249,7 @@ impl Intents {
         let name = self.table.clone();
         let refused = refused.clone();
         store
-            .call("mutateRows", true, move |c| {
+            .call("mutateRows", TABLE, true, move |c| {
                 // As late as it can be asked: on the thread about to send.
                 if fence.as_ref().is_some_and(|f| !f()) {
                     refused.store(true, Ordering::Release);

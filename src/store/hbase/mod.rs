@@ -13,6 +13,7 @@
 mod intents;
 mod pool;
 mod range;
+mod reads;
 #[allow(clippy::all)]
 mod wire;
 
@@ -30,6 +31,7 @@ use prometheus::{HistogramOpts, HistogramVec};
 use self::intents::Intents;
 use self::pool::{CallError, Client, Pool, Settings};
 use self::range::Range;
+use self::reads::Reads;
 use self::wire::{
     AlreadyExists, BatchMutation, ColumnDescriptor, IOError, IllegalArgument, TCell,
     THbaseSyncClient, TScan,
@@ -54,6 +56,8 @@ struct Inner {
     names: Vec<Vec<u8>>,
     /// The batch log that makes writes all-or-nothing.
     intents: Intents,
+    /// Gets waiting to share a round trip.
+    reads: Reads,
 }
 
 impl HbaseStore {
@@ -64,10 +68,10 @@ impl HbaseStore {
         let seconds = HistogramVec::new(
             HistogramOpts::new(
                 "hbase_call_seconds",
-                "HBase Thrift calls by method, from asking for a connection to the answer",
+                "HBase Thrift calls by method and table, from asking for a connection to the answer",
             )
             .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
-            &["method"],
+            &["method", "table"],
         )
         .map_err(|e| StoreError::Unavailable(format!("hbase metrics: {e}")))?;
         let pool = Arc::new(Pool::new(
@@ -85,6 +89,7 @@ impl HbaseStore {
         let store = HbaseStore {
             inner: Arc::new(Inner {
                 intents: Intents::new(name(intents::TABLE), node_key, config.call_timeout),
+                reads: Reads::new(),
                 pool,
                 names,
             }),
@@ -107,6 +112,7 @@ impl HbaseStore {
                 pool: Arc::new(Pool::new(settings, pool.seconds().clone())),
                 names: self.inner.names.clone(),
                 intents: self.inner.intents.unlogged(),
+                reads: Reads::new(),
             }),
         }
     }
@@ -116,13 +122,17 @@ impl HbaseStore {
         vec![Box::new(self.inner.pool.seconds().clone())]
     }
 
+    fn reads(&self) -> &Reads {
+        &self.inner.reads
+    }
+
     fn table(&self, table: Table) -> Vec<u8> {
         self.inner.names[table as usize].clone()
     }
 
     async fn create_tables(&self) -> Result<(), StoreError> {
         let existing = self
-            .call("getTableNames", true, |c| c.get_table_names())
+            .call("getTableNames", "", true, |c| c.get_table_names())
             .await?;
         let mut wanted: Vec<Vec<u8>> = self.inner.names.clone();
         wanted.push(self.inner.intents.table().to_vec());
@@ -133,7 +143,7 @@ impl HbaseStore {
             let label = String::from_utf8_lossy(&name).into_owned();
             tracing::info!(table = %label, "creating HBase table");
             let created = self
-                .call("createTable", false, move |c| {
+                .call("createTable", "", false, move |c| {
                     c.create_table(name.clone(), vec![family()])
                 })
                 .await;
@@ -169,14 +179,20 @@ impl HbaseStore {
         Ok(())
     }
 
-    async fn call<T, F>(&self, method: &'static str, retry: bool, f: F) -> Result<T, StoreError>
+    async fn call<T, F>(
+        &self,
+        method: &'static str,
+        table: &'static str,
+        retry: bool,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&mut Client) -> thrift::Result<T> + Send + 'static,
     {
         self.inner
             .pool
-            .call(method, retry, f)
+            .call(method, table, retry, f)
             .await
             .map_err(|e| self.failure(method, e))
     }
@@ -229,18 +245,19 @@ impl HbaseStore {
                 })
                 .collect();
             let store = self.clone();
+            let label = Table::ALL[table].name();
             calls.spawn(async move {
                 match at {
                     None => {
                         store
-                            .call("mutateRows", true, move |c| {
+                            .call("mutateRows", label, true, move |c| {
                                 c.mutate_rows(name.clone(), rows.clone(), BTreeMap::new())
                             })
                             .await
                     }
                     Some(at) => {
                         store
-                            .call("mutateRowsTs", true, move |c| {
+                            .call("mutateRowsTs", label, true, move |c| {
                                 c.mutate_rows_ts(name.clone(), rows.clone(), at, BTreeMap::new())
                             })
                             .await
@@ -267,9 +284,11 @@ impl HbaseStore {
         }
         let range = Range::of(&scan);
         let name = self.table(scan.table);
-        let limit = scan.limit;
+        let (limit, label) = (scan.limit, scan.table.name());
         let rows = self
-            .call("scan", true, move |c| scan_rows(c, &name, &range, limit))
+            .call("scan", label, true, move |c| {
+                scan_rows(c, &name, &range, limit)
+            })
             .await?;
         Ok(rows)
     }
@@ -359,16 +378,7 @@ impl Store for HbaseStore {
 
     async fn get(&self, table: Table, row: &[u8]) -> Result<Option<Bytes>, StoreError> {
         self.inner.intents.settle(self).await?;
-        let (name, row) = (self.table(table), row.to_vec());
-        let cells = self
-            .call("get", true, move |c| {
-                c.get(name.clone(), row.clone(), COLUMN.to_vec(), BTreeMap::new())
-            })
-            .await?;
-        Ok(cells
-            .into_iter()
-            .next()
-            .map(|cell| Bytes::from(cell.value.unwrap_or_default())))
+        self.reads().get(self, table, row.to_vec()).await
     }
 
     async fn scan(&self, scan: Scan) -> Result<Vec<Row>, StoreError> {
@@ -397,7 +407,7 @@ impl Store for HbaseStore {
         // which Store's contract makes the same thing).
         let expected = expected.unwrap_or_default().to_vec();
         let mutation = put(&value);
-        self.call("checkAndPut", false, move |c| {
+        self.call("checkAndPut", table.name(), false, move |c| {
             c.check_and_put(
                 name.clone(),
                 row.clone(),
@@ -414,7 +424,7 @@ impl Store for HbaseStore {
         self.inner.intents.settle(self).await?;
         let (name, row) = (self.table(table), row.to_vec());
         let result = self
-            .call("atomicIncrement", false, move |c| {
+            .call("atomicIncrement", table.name(), false, move |c| {
                 c.atomic_increment(name.clone(), row.clone(), COLUMN.to_vec(), delta)
             })
             .await;
@@ -432,7 +442,7 @@ impl Store for HbaseStore {
         // server answers table listings while regions are still offline.
         self.inner.intents.settle(self).await?;
         let name = self.table(Table::NodeState);
-        self.call("get", true, move |c| {
+        self.call("get", Table::NodeState.name(), true, move |c| {
             c.get(
                 name.clone(),
                 b"ping".to_vec(),

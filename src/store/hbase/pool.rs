@@ -94,6 +94,7 @@ impl Pool {
     pub(super) async fn call<T, F>(
         self: &Arc<Self>,
         method: &'static str,
+        table: &'static str,
         retry: bool,
         f: F,
     ) -> Result<T, CallError>
@@ -135,7 +136,7 @@ impl Pool {
             Err(_) => Err(CallError::Timeout(deadline)),
         };
         self.seconds
-            .with_label_values(&[method])
+            .with_label_values(&[method, table])
             .observe(started.elapsed().as_secs_f64());
         result
     }

@@ -29,7 +29,9 @@ async fn empty_store() -> (HbaseStore, ()) {
     let name = store.inner.intents.table().to_vec();
     let all = Range::prefix(&[]);
     let logs = store
-        .call("scan", true, move |c| scan_rows(c, &name, &all, usize::MAX))
+        .call("scan", "", true, move |c| {
+            scan_rows(c, &name, &all, usize::MAX)
+        })
         .await
         .expect("scan intents");
     let intent_deletes: Vec<BatchMutation> = logs
@@ -43,7 +45,7 @@ async fn empty_store() -> (HbaseStore, ()) {
     if !intent_deletes.is_empty() {
         let name = store.inner.intents.table().to_vec();
         store
-            .call("mutateRows", true, move |c| {
+            .call("mutateRows", "", true, move |c| {
                 c.mutate_rows(name.clone(), intent_deletes.clone(), BTreeMap::new())
             })
             .await
@@ -98,7 +100,7 @@ async fn a_half_written_batch_is_finished_on_reopen() {
     };
     let name = intents.table().to_vec();
     store
-        .call("mutateRows", true, move |c| {
+        .call("mutateRows", "", true, move |c| {
             c.mutate_rows(name.clone(), vec![intent.clone()], BTreeMap::new())
         })
         .await
@@ -169,7 +171,7 @@ async fn nodes_opening_at_once_share_the_tables() {
         Some(Bytes::from_static(b"from a"))
     );
     let names = a
-        .call("getTableNames", true, |c| c.get_table_names())
+        .call("getTableNames", "", true, |c| c.get_table_names())
         .await
         .expect("list tables");
     let ours = names
@@ -268,5 +270,58 @@ async fn b_wins(when: &str, store: &HbaseStore) {
         get(Table::Outbox, b"entry").await,
         Some(Bytes::from_static(b"again")),
         "outbox entry after {when}"
+    );
+}
+
+/// Gets asked at once share `getRowsWithColumns` calls, and each still gets
+/// its own row: present, absent, empty, or asked for twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a real HBase: tests/hbase/run-tests.sh"]
+async fn gets_asked_together_share_round_trips() {
+    let (store, ()) = empty_store().await;
+    let rows: Vec<Mutation> = (0..300u32)
+        .filter(|i| i % 3 != 0)
+        .map(|i| Mutation::Put {
+            table: Table::Receipts,
+            row: format!("row{i:03}").into_bytes(),
+            value: if i == 1 {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("value{i}"))
+            },
+        })
+        .collect();
+    store.write(rows).await.expect("write");
+    let calls = || {
+        store
+            .inner
+            .pool
+            .seconds()
+            .with_label_values(&["getRows", Table::Receipts.name()])
+            .get_sample_count()
+    };
+    let before = calls();
+    // Every row twice, all at once.
+    let asked = (0..600u32).map(|n| {
+        let store = store.clone();
+        let i = n % 300;
+        tokio::spawn(async move {
+            let row = format!("row{i:03}").into_bytes();
+            (i, store.get(Table::Receipts, &row).await.expect("get"))
+        })
+    });
+    for answer in futures::future::join_all(asked).await {
+        let (i, got) = answer.expect("task");
+        let want = match i {
+            _ if i % 3 == 0 => None,
+            1 => Some(Bytes::new()),
+            _ => Some(Bytes::from(format!("value{i}"))),
+        };
+        assert_eq!(got, want, "row{i:03}");
+    }
+    let used = calls() - before;
+    assert!(
+        used < 600 / 4,
+        "600 gets at once took {used} getRows calls; they should share them"
     );
 }

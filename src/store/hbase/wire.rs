@@ -1252,6 +1252,13 @@ pub trait THbaseSyncClient {
         column: Text,
         attributes: BTreeMap<Text, Text>,
     ) -> thrift::Result<Vec<TCell>>;
+    fn get_rows_with_columns(
+        &mut self,
+        table_name: Text,
+        rows: Vec<Text>,
+        columns: Vec<Text>,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<Vec<TRowResult>>;
     fn mutate_rows(
         &mut self,
         table_name: Text,
@@ -1443,6 +1450,47 @@ impl<C: TThriftClient + THbaseSyncClientMarker> THbaseSyncClient for C {
             }
             verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
             let result = HbaseGetResult::read_from_in_protocol(self.i_prot_mut())?;
+            self.i_prot_mut().read_message_end()?;
+            result.ok_or()
+        }
+    }
+    fn get_rows_with_columns(
+        &mut self,
+        table_name: Text,
+        rows: Vec<Text>,
+        columns: Vec<Text>,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<Vec<TRowResult>> {
+        ({
+            self.increment_sequence_number();
+            let message_ident = TMessageIdentifier::new(
+                "getRowsWithColumns",
+                TMessageType::Call,
+                self.sequence_number(),
+            );
+            let call_args = HbaseGetRowsWithColumnsArgs {
+                table_name,
+                rows,
+                columns,
+                attributes,
+            };
+            self.o_prot_mut().write_message_begin(&message_ident)?;
+            call_args.write_to_out_protocol(self.o_prot_mut())?;
+            self.o_prot_mut().write_message_end()?;
+            self.o_prot_mut().flush()
+        })?;
+        {
+            let message_ident = self.i_prot_mut().read_message_begin()?;
+            verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+            verify_expected_service_call("getRowsWithColumns", &message_ident.name)?;
+            if message_ident.message_type == TMessageType::Exception {
+                let remote_error =
+                    thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+                self.i_prot_mut().read_message_end()?;
+                return Err(thrift::Error::Application(remote_error));
+            }
+            verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+            let result = HbaseGetRowsWithColumnsResult::read_from_in_protocol(self.i_prot_mut())?;
             self.i_prot_mut().read_message_end()?;
             result.ok_or()
         }
@@ -1720,6 +1768,13 @@ pub trait HbaseSyncHandler {
         column: Text,
         attributes: BTreeMap<Text, Text>,
     ) -> thrift::Result<Vec<TCell>>;
+    fn handle_get_rows_with_columns(
+        &self,
+        table_name: Text,
+        rows: Vec<Text>,
+        columns: Vec<Text>,
+        attributes: BTreeMap<Text, Text>,
+    ) -> thrift::Result<Vec<TRowResult>>;
     fn handle_mutate_rows(
         &self,
         table_name: Text,
@@ -1804,6 +1859,19 @@ impl<H: HbaseSyncHandler> HbaseSyncProcessor<H> {
         o_prot: &mut dyn TOutputProtocol,
     ) -> thrift::Result<()> {
         THbaseProcessFunctions::process_get(&self.handler, incoming_sequence_number, i_prot, o_prot)
+    }
+    fn process_get_rows_with_columns(
+        &self,
+        incoming_sequence_number: i32,
+        i_prot: &mut dyn TInputProtocol,
+        o_prot: &mut dyn TOutputProtocol,
+    ) -> thrift::Result<()> {
+        THbaseProcessFunctions::process_get_rows_with_columns(
+            &self.handler,
+            incoming_sequence_number,
+            i_prot,
+            o_prot,
+        )
     }
     fn process_mutate_rows(
         &self,
@@ -2186,6 +2254,98 @@ impl THbaseProcessFunctions {
                         { ApplicationError::new(ApplicationErrorKind::Unknown, e.to_string()) };
                     let message_ident = TMessageIdentifier::new(
                         "get",
+                        TMessageType::Exception,
+                        incoming_sequence_number,
+                    );
+                    o_prot.write_message_begin(&message_ident)?;
+                    thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+                    o_prot.write_message_end()?;
+                    o_prot.flush()
+                }
+            },
+        }
+    }
+    pub fn process_get_rows_with_columns<H: HbaseSyncHandler>(
+        handler: &H,
+        incoming_sequence_number: i32,
+        i_prot: &mut dyn TInputProtocol,
+        o_prot: &mut dyn TOutputProtocol,
+    ) -> thrift::Result<()> {
+        let args = HbaseGetRowsWithColumnsArgs::read_from_in_protocol(i_prot)?;
+        match handler.handle_get_rows_with_columns(
+            args.table_name,
+            args.rows,
+            args.columns,
+            args.attributes,
+        ) {
+            Ok(handler_return) => {
+                let message_ident = TMessageIdentifier::new(
+                    "getRowsWithColumns",
+                    TMessageType::Reply,
+                    incoming_sequence_number,
+                );
+                o_prot.write_message_begin(&message_ident)?;
+                let ret = HbaseGetRowsWithColumnsResult {
+                    result_value: Some(handler_return),
+                    io: None,
+                };
+                ret.write_to_out_protocol(o_prot)?;
+                o_prot.write_message_end()?;
+                o_prot.flush()
+            }
+            Err(e) => match e {
+                thrift::Error::User(usr_err) => {
+                    if usr_err.downcast_ref::<IOError>().is_some() {
+                        let err = usr_err
+                            .downcast::<IOError>()
+                            .expect("downcast already checked");
+                        let ret_err = HbaseGetRowsWithColumnsResult {
+                            result_value: None,
+                            io: Some(*err),
+                        };
+                        let message_ident = TMessageIdentifier::new(
+                            "getRowsWithColumns",
+                            TMessageType::Reply,
+                            incoming_sequence_number,
+                        );
+                        o_prot.write_message_begin(&message_ident)?;
+                        ret_err.write_to_out_protocol(o_prot)?;
+                        o_prot.write_message_end()?;
+                        o_prot.flush()
+                    } else {
+                        let ret_err = {
+                            ApplicationError::new(
+                                ApplicationErrorKind::Unknown,
+                                usr_err.to_string(),
+                            )
+                        };
+                        let message_ident = TMessageIdentifier::new(
+                            "getRowsWithColumns",
+                            TMessageType::Exception,
+                            incoming_sequence_number,
+                        );
+                        o_prot.write_message_begin(&message_ident)?;
+                        thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+                        o_prot.write_message_end()?;
+                        o_prot.flush()
+                    }
+                }
+                thrift::Error::Application(app_err) => {
+                    let message_ident = TMessageIdentifier::new(
+                        "getRowsWithColumns",
+                        TMessageType::Exception,
+                        incoming_sequence_number,
+                    );
+                    o_prot.write_message_begin(&message_ident)?;
+                    thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+                    o_prot.write_message_end()?;
+                    o_prot.flush()
+                }
+                _ => {
+                    let ret_err =
+                        { ApplicationError::new(ApplicationErrorKind::Unknown, e.to_string()) };
+                    let message_ident = TMessageIdentifier::new(
+                        "getRowsWithColumns",
                         TMessageType::Exception,
                         incoming_sequence_number,
                     );
@@ -2937,6 +3097,9 @@ impl<H: HbaseSyncHandler> TProcessor for HbaseSyncProcessor<H> {
                 self.process_create_table(message_ident.sequence_number, i_prot, o_prot)
             }
             "get" => self.process_get(message_ident.sequence_number, i_prot, o_prot),
+            "getRowsWithColumns" => {
+                self.process_get_rows_with_columns(message_ident.sequence_number, i_prot, o_prot)
+            }
             "mutateRows" => self.process_mutate_rows(message_ident.sequence_number, i_prot, o_prot),
             "mutateRowsTs" => {
                 self.process_mutate_rows_ts(message_ident.sequence_number, i_prot, o_prot)
@@ -3435,6 +3598,217 @@ impl HbaseGetResult {
 }
 
 //
+// HbaseGetRowsWithColumnsArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct HbaseGetRowsWithColumnsArgs {
+    table_name: Text,
+    rows: Vec<Text>,
+    columns: Vec<Text>,
+    attributes: BTreeMap<Text, Text>,
+}
+
+impl HbaseGetRowsWithColumnsArgs {
+    fn read_from_in_protocol(
+        i_prot: &mut dyn TInputProtocol,
+    ) -> thrift::Result<HbaseGetRowsWithColumnsArgs> {
+        i_prot.read_struct_begin()?;
+        let mut f_1: Option<Text> = None;
+        let mut f_2: Option<Vec<Text>> = None;
+        let mut f_3: Option<Vec<Text>> = None;
+        let mut f_4: Option<BTreeMap<Text, Text>> = None;
+        loop {
+            let field_ident = i_prot.read_field_begin()?;
+            if field_ident.field_type == TType::Stop {
+                break;
+            }
+            let field_id = field_id(&field_ident)?;
+            match field_id {
+                1 => {
+                    let val = i_prot.read_bytes()?;
+                    f_1 = Some(val);
+                }
+                2 => {
+                    let list_ident = i_prot.read_list_begin()?;
+                    let mut val: Vec<Text> = Vec::with_capacity(list_ident.size as usize);
+                    for _ in 0..list_ident.size {
+                        let list_elem_10 = i_prot.read_bytes()?;
+                        val.push(list_elem_10);
+                    }
+                    i_prot.read_list_end()?;
+                    f_2 = Some(val);
+                }
+                3 => {
+                    let list_ident = i_prot.read_list_begin()?;
+                    let mut val: Vec<Text> = Vec::with_capacity(list_ident.size as usize);
+                    for _ in 0..list_ident.size {
+                        let list_elem_11 = i_prot.read_bytes()?;
+                        val.push(list_elem_11);
+                    }
+                    i_prot.read_list_end()?;
+                    f_3 = Some(val);
+                }
+                4 => {
+                    let map_ident = i_prot.read_map_begin()?;
+                    let mut val: BTreeMap<Text, Text> = BTreeMap::new();
+                    for _ in 0..map_ident.size {
+                        let map_key_12 = i_prot.read_bytes()?;
+                        let map_val_13 = i_prot.read_bytes()?;
+                        val.insert(map_key_12, map_val_13);
+                    }
+                    i_prot.read_map_end()?;
+                    f_4 = Some(val);
+                }
+                _ => {
+                    i_prot.skip(field_ident.field_type)?;
+                }
+            };
+            i_prot.read_field_end()?;
+        }
+        i_prot.read_struct_end()?;
+        verify_required_field_exists("HbaseGetRowsWithColumnsArgs.table_name", &f_1)?;
+        verify_required_field_exists("HbaseGetRowsWithColumnsArgs.rows", &f_2)?;
+        verify_required_field_exists("HbaseGetRowsWithColumnsArgs.columns", &f_3)?;
+        verify_required_field_exists("HbaseGetRowsWithColumnsArgs.attributes", &f_4)?;
+        let ret = HbaseGetRowsWithColumnsArgs {
+            table_name: f_1
+                .expect("auto-generated code should have checked for presence of required fields"),
+            rows: f_2
+                .expect("auto-generated code should have checked for presence of required fields"),
+            columns: f_3
+                .expect("auto-generated code should have checked for presence of required fields"),
+            attributes: f_4
+                .expect("auto-generated code should have checked for presence of required fields"),
+        };
+        Ok(ret)
+    }
+    fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+        let struct_ident = TStructIdentifier::new("getRowsWithColumns_args");
+        o_prot.write_struct_begin(&struct_ident)?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("tableName", TType::String, 1))?;
+        o_prot.write_bytes(&self.table_name)?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("rows", TType::List, 2))?;
+        o_prot.write_list_begin(&TListIdentifier::new(TType::String, self.rows.len() as i32))?;
+        for e in &self.rows {
+            o_prot.write_bytes(e)?;
+        }
+        o_prot.write_list_end()?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("columns", TType::List, 3))?;
+        o_prot.write_list_begin(&TListIdentifier::new(
+            TType::String,
+            self.columns.len() as i32,
+        ))?;
+        for e in &self.columns {
+            o_prot.write_bytes(e)?;
+        }
+        o_prot.write_list_end()?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_begin(&TFieldIdentifier::new("attributes", TType::Map, 4))?;
+        o_prot.write_map_begin(&TMapIdentifier::new(
+            TType::String,
+            TType::String,
+            self.attributes.len() as i32,
+        ))?;
+        for (k, v) in &self.attributes {
+            o_prot.write_bytes(k)?;
+            o_prot.write_bytes(v)?;
+        }
+        o_prot.write_map_end()?;
+        o_prot.write_field_end()?;
+        o_prot.write_field_stop()?;
+        o_prot.write_struct_end()
+    }
+}
+
+//
+// HbaseGetRowsWithColumnsResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct HbaseGetRowsWithColumnsResult {
+    result_value: Option<Vec<TRowResult>>,
+    io: Option<IOError>,
+}
+
+impl HbaseGetRowsWithColumnsResult {
+    fn ok_or(self) -> thrift::Result<Vec<TRowResult>> {
+        if self.io.is_some() {
+            Err(thrift::Error::User(Box::new(self.io.unwrap())))
+        } else if self.result_value.is_some() {
+            Ok(self.result_value.unwrap())
+        } else {
+            Err(thrift::Error::Application(ApplicationError::new(
+                ApplicationErrorKind::MissingResult,
+                "no result received for HbaseGetRowsWithColumns",
+            )))
+        }
+    }
+    fn read_from_in_protocol(
+        i_prot: &mut dyn TInputProtocol,
+    ) -> thrift::Result<HbaseGetRowsWithColumnsResult> {
+        i_prot.read_struct_begin()?;
+        let mut f_0: Option<Vec<TRowResult>> = None;
+        let mut f_1: Option<IOError> = None;
+        loop {
+            let field_ident = i_prot.read_field_begin()?;
+            if field_ident.field_type == TType::Stop {
+                break;
+            }
+            let field_id = field_id(&field_ident)?;
+            match field_id {
+                0 => {
+                    let list_ident = i_prot.read_list_begin()?;
+                    let mut val: Vec<TRowResult> = Vec::with_capacity(list_ident.size as usize);
+                    for _ in 0..list_ident.size {
+                        let list_elem_14 = TRowResult::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_14);
+                    }
+                    i_prot.read_list_end()?;
+                    f_0 = Some(val);
+                }
+                1 => {
+                    let val = IOError::read_from_in_protocol(i_prot)?;
+                    f_1 = Some(val);
+                }
+                _ => {
+                    i_prot.skip(field_ident.field_type)?;
+                }
+            };
+            i_prot.read_field_end()?;
+        }
+        i_prot.read_struct_end()?;
+        let ret = HbaseGetRowsWithColumnsResult {
+            result_value: f_0,
+            io: f_1,
+        };
+        Ok(ret)
+    }
+    fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+        let struct_ident = TStructIdentifier::new("HbaseGetRowsWithColumnsResult");
+        o_prot.write_struct_begin(&struct_ident)?;
+        if let Some(ref fld_var) = self.result_value {
+            o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+            o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+            for e in fld_var {
+                e.write_to_out_protocol(o_prot)?;
+            }
+            o_prot.write_list_end()?;
+            o_prot.write_field_end()?
+        }
+        if let Some(ref fld_var) = self.io {
+            o_prot.write_field_begin(&TFieldIdentifier::new("io", TType::Struct, 1))?;
+            fld_var.write_to_out_protocol(o_prot)?;
+            o_prot.write_field_end()?
+        }
+        o_prot.write_field_stop()?;
+        o_prot.write_struct_end()
+    }
+}
+
+//
 // HbaseMutateRowsArgs
 //
 
@@ -3468,8 +3842,8 @@ impl HbaseMutateRowsArgs {
                     let list_ident = i_prot.read_list_begin()?;
                     let mut val: Vec<BatchMutation> = Vec::with_capacity(list_ident.size as usize);
                     for _ in 0..list_ident.size {
-                        let list_elem_10 = BatchMutation::read_from_in_protocol(i_prot)?;
-                        val.push(list_elem_10);
+                        let list_elem_15 = BatchMutation::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_15);
                     }
                     i_prot.read_list_end()?;
                     f_2 = Some(val);
@@ -3478,9 +3852,9 @@ impl HbaseMutateRowsArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_11 = i_prot.read_bytes()?;
-                        let map_val_12 = i_prot.read_bytes()?;
-                        val.insert(map_key_11, map_val_12);
+                        let map_key_16 = i_prot.read_bytes()?;
+                        let map_val_17 = i_prot.read_bytes()?;
+                        val.insert(map_key_16, map_val_17);
                     }
                     i_prot.read_map_end()?;
                     f_3 = Some(val);
@@ -3643,8 +4017,8 @@ impl HbaseMutateRowsTsArgs {
                     let list_ident = i_prot.read_list_begin()?;
                     let mut val: Vec<BatchMutation> = Vec::with_capacity(list_ident.size as usize);
                     for _ in 0..list_ident.size {
-                        let list_elem_13 = BatchMutation::read_from_in_protocol(i_prot)?;
-                        val.push(list_elem_13);
+                        let list_elem_18 = BatchMutation::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_18);
                     }
                     i_prot.read_list_end()?;
                     f_2 = Some(val);
@@ -3657,9 +4031,9 @@ impl HbaseMutateRowsTsArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_14 = i_prot.read_bytes()?;
-                        let map_val_15 = i_prot.read_bytes()?;
-                        val.insert(map_key_14, map_val_15);
+                        let map_key_19 = i_prot.read_bytes()?;
+                        let map_val_20 = i_prot.read_bytes()?;
+                        val.insert(map_key_19, map_val_20);
                     }
                     i_prot.read_map_end()?;
                     f_4 = Some(val);
@@ -4006,9 +4380,9 @@ impl HbaseScannerOpenWithScanArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_16 = i_prot.read_bytes()?;
-                        let map_val_17 = i_prot.read_bytes()?;
-                        val.insert(map_key_16, map_val_17);
+                        let map_key_21 = i_prot.read_bytes()?;
+                        let map_val_22 = i_prot.read_bytes()?;
+                        val.insert(map_key_21, map_val_22);
                     }
                     i_prot.read_map_end()?;
                     f_3 = Some(val);
@@ -4241,8 +4615,8 @@ impl HbaseScannerGetListResult {
                     let list_ident = i_prot.read_list_begin()?;
                     let mut val: Vec<TRowResult> = Vec::with_capacity(list_ident.size as usize);
                     for _ in 0..list_ident.size {
-                        let list_elem_18 = TRowResult::read_from_in_protocol(i_prot)?;
-                        val.push(list_elem_18);
+                        let list_elem_23 = TRowResult::read_from_in_protocol(i_prot)?;
+                        val.push(list_elem_23);
                     }
                     i_prot.read_list_end()?;
                     f_0 = Some(val);
@@ -4472,9 +4846,9 @@ impl HbaseCheckAndPutArgs {
                     let map_ident = i_prot.read_map_begin()?;
                     let mut val: BTreeMap<Text, Text> = BTreeMap::new();
                     for _ in 0..map_ident.size {
-                        let map_key_19 = i_prot.read_bytes()?;
-                        let map_val_20 = i_prot.read_bytes()?;
-                        val.insert(map_key_19, map_val_20);
+                        let map_key_24 = i_prot.read_bytes()?;
+                        let map_val_25 = i_prot.read_bytes()?;
+                        val.insert(map_key_24, map_val_25);
                     }
                     i_prot.read_map_end()?;
                     f_7 = Some(val);
