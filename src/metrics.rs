@@ -54,11 +54,6 @@ pub struct Metrics {
     /// Direct sends acknowledged before the recipient's owner took its
     /// copy (it stays in the durable outbox until it does).
     pub sends_acked_before_delivery: IntCounter,
-    /// Seqs the conversation counter was ahead of this node's head by: two
-    /// nodes sequenced one conversation, or a seq went unused.
-    pub seq_fence_skips: IntCounter,
-    /// Seqs handed out but never stored, given to later sends.
-    pub seqs_reclaimed: IntCounter,
     /// Pushed events dropped as repeats of ones already in the mailbox.
     pub pushed_repeats: IntCounter,
     /// Peers (this node included) in the ring this node serves by.
@@ -154,14 +149,6 @@ impl Metrics {
                 "sends_acked_before_delivery_total",
                 "Direct sends acknowledged before the recipient's node took the copy (still in the outbox)",
             ),
-            seq_fence_skips: counter(
-                "seq_fence_skips_total",
-                "Times a conversation's seq counter was ahead of this node's head",
-            ),
-            seqs_reclaimed: counter(
-                "seqs_reclaimed_total",
-                "Seqs handed out but never stored, given to later sends so the order stays gap-free",
-            ),
             pushed_repeats: counter(
                 "pushed_repeats_total",
                 "Events pushed by a peer and dropped as repeats of recent ones",
@@ -226,9 +213,7 @@ impl Metrics {
             Box::new(self.outbox_depth.clone()),
             Box::new(self.requests_forwarded.clone()),
             Box::new(self.sends_acked_before_delivery.clone()),
-            Box::new(self.seq_fence_skips.clone()),
             Box::new(self.pushed_repeats.clone()),
-            Box::new(self.seqs_reclaimed.clone()),
             Box::new(self.ring_live_nodes.clone()),
         ];
         for c in collectors {

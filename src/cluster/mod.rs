@@ -61,8 +61,6 @@ pub struct Cluster {
     serving: RwLock<Arc<View>>,
     /// The serving view's epoch, read without the lock on the send path.
     serving_epoch: AtomicU64,
-    /// The serving view before the last change: who owned a key before.
-    previous: RwLock<Arc<View>>,
     newest: RwLock<Arc<View>>,
     /// The newest view's epoch, for the takeover task to follow.
     changes: watch::Sender<u64>,
@@ -136,7 +134,6 @@ impl Cluster {
             multi,
             serving: RwLock::new(view.clone()),
             serving_epoch: AtomicU64::new(view.epoch),
-            previous: RwLock::new(view.clone()),
             newest: RwLock::new(view),
             changes: watch::channel(1).0,
             joined: AtomicBool::new(!multi),
@@ -289,35 +286,9 @@ impl Cluster {
 
     /// Makes `view` the one requests are routed by.
     pub fn publish(&self, view: Arc<View>) {
-        let old = self.serving();
-        self.set_serving(view, old);
-    }
-
-    /// Publishes `view` after (re)joining: while this node was away, its
-    /// keys were served by the ring without it.
-    pub fn publish_rejoined(&self, view: Arc<View>) {
-        let mut without_me = (*view).clone();
-        without_me.live[self.me] = false;
-        self.set_serving(view, Arc::new(without_me));
-    }
-
-    fn set_serving(&self, view: Arc<View>, previous: Arc<View>) {
         let mut serving = self.serving.write().unwrap_or_else(|e| e.into_inner());
         self.serving_epoch.store(view.epoch, Ordering::Release);
         *serving = view;
-        drop(serving);
-        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = previous;
-    }
-
-    /// Whether the node that served `key` before the last ring change is
-    /// another one that is still up: its last commits may still be landing.
-    pub fn previous_owner_alive(&self, key: &[u8]) -> bool {
-        if !self.multi {
-            return false;
-        }
-        let previous = read(&self.previous);
-        let owner = self.owner_in(&previous, key);
-        owner != self.me && self.newest().live[owner]
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -401,38 +372,6 @@ mod tests {
         assert!(!matches!(n1.delivery(&key), Route::Remote(p) if p.id == "n2"));
         n1.publish(n1.newest());
         assert!(!matches!(n1.route(&key), Route::Remote(p) if p.id == "n2"));
-    }
-
-    #[test]
-    fn a_new_owner_knows_whether_the_previous_one_still_runs() {
-        let n1 = three("n1");
-        let key = (0..1000u32)
-            .map(|i| i.to_be_bytes())
-            .find(|k| matches!(n1.route(k), Route::Remote(p) if p.id == "n2"))
-            .expect("some key of n2");
-        let mine = (0..1000u32)
-            .map(|i| i.to_be_bytes())
-            .find(|k| n1.serves(k))
-            .expect("some key of n1");
-        assert!(!n1.previous_owner_alive(&mine), "nothing moved yet");
-        // n2 is down: its key moves, and its previous owner is gone.
-        n1.set_newest(vec![true, false, true], false);
-        n1.publish(n1.newest());
-        assert!(!n1.previous_owner_alive(&key));
-        // n2 is back: whoever served the key meanwhile is still up.
-        n1.set_newest(vec![true, true, true], false);
-        n1.publish(n1.newest());
-        let served_meanwhile = n1.owner_in(
-            &View {
-                epoch: 0,
-                live: vec![true, false, true],
-            },
-            &key,
-        );
-        assert_eq!(n1.previous_owner_alive(&key), served_meanwhile != 0);
-        // A node that rejoins assumes the ring without it served its keys.
-        n1.publish_rejoined(n1.newest());
-        assert!(n1.previous_owner_alive(&mine));
     }
 
     #[test]

@@ -169,6 +169,10 @@ struct Inner {
     arrivals: Arc<Waiters<(UserId, MessageId)>>,
     /// The sequencer: one lock per conversation, holding its head.
     sequencer: Arc<KeyedLocks<ConversationId, sequencer::Head>>,
+    /// Read-held by every request that writes under a sequencer lock, from
+    /// its ownership check until its commit ends; a ring change takes it to
+    /// write before this node reports itself settled (see `drain_handoff`).
+    handoff: tokio::sync::RwLock<()>,
     /// One in-flight send per (sender, message_id), so concurrent retries
     /// become replays instead of races.
     claims: Arc<KeyedLocks<(UserId, MessageId), ()>>,
@@ -195,10 +199,6 @@ pub struct Settings {
     pub max_group_members: usize,
     /// Groups of at least this many members fan out on read.
     pub large_group_threshold: usize,
-    /// How long a new owner waits for the previous, still running owner's
-    /// last commits before reusing seqs it took (its call timeout, and a
-    /// second).
-    pub straggler_wait: Duration,
 }
 
 impl Settings {
@@ -207,7 +207,6 @@ impl Settings {
             prev_wait: config.send.prev_wait,
             max_group_members: config.limits.max_group_members,
             large_group_threshold: config.send.large_group_threshold,
-            straggler_wait: config.storage.hbase.call_timeout + Duration::from_secs(1),
         }
     }
 }
@@ -234,6 +233,7 @@ impl Service {
                 streams: fanout::Streams::default(),
                 arrivals: parts.shared.arrivals,
                 sequencer: KeyedLocks::new(),
+                handoff: tokio::sync::RwLock::new(()),
                 claims: KeyedLocks::new(),
                 mailbox_cache: parts.shared.mailbox_cache,
                 history_cache: parts.shared.history_cache,
@@ -257,6 +257,24 @@ impl Service {
         !self.inner.shutdown.is_cancelled()
             && self.inner.cluster.available()
             && self.inner.store.ping().await.is_ok()
+    }
+
+    /// Held from a request's ownership check to the end of its commit (see
+    /// `Inner::handoff`). Taken before the sequencer lock, never after.
+    pub(crate) async fn handoff_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.inner.handoff.read().await
+    }
+
+    /// Returns once every request that checked its ownership before the
+    /// serving view last changed has finished its commit (or failed).
+    ///
+    /// This is what makes a conversation's hand-off to a returning node
+    /// safe without a seq counter in the store: the returning node serves
+    /// nothing until every live peer reports itself settled, and a peer
+    /// reports that only after this. Requests that come later check
+    /// ownership against the new view and are refused as `Moved`.
+    pub async fn drain_handoff(&self) {
+        drop(self.inner.handoff.write().await);
     }
 
     /// Checked under a conversation's sequencer lock: requests queued on

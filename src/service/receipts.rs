@@ -36,6 +36,7 @@ impl Service {
         kind: ReceiptKind,
     ) -> Result<()> {
         let (meta, membership) = self.membership(user, conv).await?;
+        let _handoff = self.handoff_guard().await;
         let mut lock = self.inner.sequencer.lock(conv).await;
         self.still_owner(conv)?;
         self.load_head(conv, &mut lock).await?;

@@ -107,3 +107,84 @@ async fn a_silent_peer_leaves_and_a_parked_poll_ends_when_it_returns() {
     renewing.abort();
     node.shutdown().await;
 }
+
+/// A send takes the hand-off gate, and a ring change waits for the sends
+/// that checked their ownership under the old view before this node says
+/// it has settled: only then may a returning peer sequence their
+/// conversations (there is no seq counter in the store to fence them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_waits_for_sends_that_checked_ownership_before_it() {
+    use super::send::{Destination, SendRequest};
+    use crate::domain::{ConversationId, MessageId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let node = Node::start(&two_nodes(dir.path()), store.clone())
+        .await
+        .unwrap();
+    let service = node.service.clone();
+    let cluster = service.cluster().clone();
+    // A pair whose conversation n2 owns while it is up.
+    let (alice, bob) = std::iter::repeat_with(|| (UserId(Uuid::new_v4()), UserId(Uuid::new_v4())))
+        .take(1000)
+        .find(|(a, b)| !cluster.serves(ConversationId::direct(*a, *b).0.as_bytes()))
+        .expect("some conversation of n2");
+    let conv = ConversationId::direct(alice, bob);
+    until("n1 serves n2's keys and has settled", || {
+        cluster.available() && cluster.serves(conv.0.as_bytes()) && cluster.settled()
+    })
+    .await;
+    let send = |n: u8| {
+        let service = service.clone();
+        async move {
+            let req = SendRequest {
+                message_id: MessageId(Uuid::new_v4()),
+                to: Destination::User(bob),
+                body: serde_json::json!({ "n": n }),
+                prev_message_id: None,
+            };
+            service.send(alice, req).await
+        }
+    };
+
+    // While a ring change drains the gate, sends wait at it.
+    let gate = service.inner.handoff.write().await;
+    let waiting = tokio::spawn(send(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a send went past the hand-off gate");
+    drop(gate);
+    let sent = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the send finished once the gate opened")
+        .unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+
+    // A send in flight (it holds the gate) when n2 returns.
+    let in_flight = service.handoff_guard().await;
+    let renewing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            loop {
+                let _ =
+                    crate::store::Store::increment(&*store, Table::Counters, b"lease:n2", 1).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    until("n1 routes the conversation to n2", || {
+        !cluster.serves(conv.0.as_bytes())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !cluster.settled(),
+        "n1 said it settled while a send of the old view was in flight"
+    );
+    drop(in_flight);
+    until("n1 settles once the send is done", || cluster.settled()).await;
+    // Later sends check ownership by the new view.
+    let moved = send(2).await;
+    assert!(matches!(moved, Err(super::Error::Moved)), "{moved:?}");
+    renewing.abort();
+    node.shutdown().await;
+}

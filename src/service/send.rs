@@ -271,6 +271,7 @@ impl Service {
         req: SendRequest,
         fingerprint: [u8; 32],
     ) -> Result<(Bytes, Seq, Option<Arc<Notify>>)> {
+        let _handoff = self.handoff_guard().await;
         let mut head = self.inner.sequencer.lock(conv).await;
         self.still_owner(conv)?;
         self.load_head(conv, &mut head).await?;
@@ -280,7 +281,7 @@ impl Service {
             Destination::User(_) => None,
             Destination::Group(g) => Some(self.group_members(g, sender).await?),
         };
-        let seq = self.next_seq(conv, &mut head).await?;
+        let seq = self.next_seq(&head);
         let plan = SendPlan::new(sender, req.to, group.as_deref(), seq);
         let message = Message {
             message_id: req.message_id,

@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, Peer, View};
 use crate::domain::UserId;
 use crate::store::{Scan, Table, keys};
 
-/// How long a joining node waits for its peers to route to it and settle.
+/// How often a joining node says it still waits for its peers.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// How long a node waits for its outbox to deliver what it owed before a
 /// peer joined (entries for a peer that is failing wait for its lease).
@@ -218,11 +218,7 @@ impl Takeover {
             }
         }
         self.service.cool_down();
-        if rejoining {
-            self.shared.cluster.publish_rejoined(newest.clone());
-        } else {
-            self.shared.cluster.publish(newest.clone());
-        }
+        self.shared.cluster.publish(newest.clone());
         // Polls of users this node no longer serves end now, not at the
         // end of their hold.
         self.service.wake_all();
@@ -230,24 +226,24 @@ impl Takeover {
             .metrics
             .ring_live_nodes
             .set(newest.live.iter().filter(|l| **l).count() as i64);
+        // Sends that checked their ownership under the old view finish
+        // before this node reports itself settled: a returning peer takes
+        // their conversations only then, and sequences from what landed.
+        self.service.drain_handoff().await;
         // Raise the watermark past positions a mailbox's previous owner
-        // may have written, now that this node owns it.
-        let _ = self
-            .committer
-            .commit(Commit {
-                here: true,
-                ..Commit::default()
-            })
-            .await;
+        // may have written, now that this node owns it. Its success also
+        // says that a batch of this node's that failed has been rolled
+        // forward (the store finishes one before it takes the next): a
+        // returning peer must find every seq that will ever land.
+        if !self.barrier(newest.epoch, stop).await {
+            // The ring changed again (or this node stops): follow that.
+            return;
+        }
         if returned {
             self.flush_outbox(stop).await;
         }
         self.shared.cluster.set_settled(newest.epoch);
         if rejoining {
-            // Even when every peer settled, a send of theirs may sit between
-            // taking its seq and committing it: the first sends here still
-            // wait for such stragglers (forgetting the previous owners here
-            // overwrote messages in the cluster suite's kill phase).
             self.wait_to_be_routed(stop).await;
             self.shared.cluster.set_joined(true);
             // The live peers settled these while this node was away, unless
@@ -261,6 +257,33 @@ impl Takeover {
             rejoined = rejoining,
             "serving by the new ring"
         );
+    }
+
+    /// Commits the empty barrier batch, retrying with backoff until it
+    /// lands (true), or a newer view or the node's stop makes it moot.
+    async fn barrier(&self, epoch: u64, stop: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let landed = self
+                .committer
+                .commit(Commit {
+                    here: true,
+                    ..Commit::default()
+                })
+                .await;
+            match landed {
+                Ok(_) => return true,
+                Err(e) => tracing::warn!(error = %e, "the barrier commit failed; retrying"),
+            }
+            if stop.is_cancelled() || self.shared.cluster.newest().epoch != epoch {
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return false,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Finishes a departed peer's half-written batch and drains its outbox,
@@ -340,7 +363,10 @@ impl Takeover {
     /// and has settled (its commits and outbox entries for them landed), so
     /// two nodes do not both serve them.
     async fn wait_to_be_routed(&self, stop: &CancellationToken) {
-        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        // No deadline: serving before a live peer settled could sequence a
+        // conversation while that peer still commits to it. A peer that
+        // dies leaves the newest view and is not waited for.
+        let mut warn_at = tokio::time::Instant::now() + JOIN_WAIT;
         let me = self.shared.cluster.me().id.clone();
         loop {
             let newest = self.shared.cluster.newest();
@@ -353,15 +379,15 @@ impl Takeover {
                     waiting.push(peer.id.clone());
                 }
             }
-            if waiting.is_empty() {
+            if waiting.is_empty() || stop.is_cancelled() {
                 return;
             }
-            if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+            if tokio::time::Instant::now() >= warn_at {
                 tracing::warn!(
                     ?waiting,
-                    "joining although some peers do not route to this node yet"
+                    "still waiting for peers to route to this node and settle"
                 );
-                return;
+                warn_at += JOIN_WAIT;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -129,6 +129,7 @@ impl Service {
                     .into(),
             ));
         }
+        let _handoff = self.handoff_guard().await;
         let lock = self.inner.sequencer.lock(ConversationId::from(g)).await;
         if let Some(existing) = self.group_state_locked(g, &lock).await? {
             // Idempotent: the same creator and name get the same group back.
@@ -201,6 +202,7 @@ impl Service {
         change: ChangeMembers,
     ) -> Result<GroupInfo> {
         let conv = ConversationId::from(g);
+        let _handoff = self.handoff_guard().await;
         let mut lock = self.inner.sequencer.lock(conv).await;
         self.still_owner(conv)?;
         let group = self
