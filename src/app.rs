@@ -103,6 +103,10 @@ pub async fn serve_built(
         },
         holds: HoldTimes::new(config.poll.jitter_percent, config.poll.learn_cuts),
         send_rate: SendRate::new(config.limits.send_rate, config.limits.send_burst),
+        sends_in_flight: crate::service::rate::InFlight::new(
+            config.limits.max_sends_in_flight,
+            config.limits.send_latency_target,
+        ),
         group_rate: SendRate::new(
             config.limits.group_change_rate,
             config.limits.group_change_burst,

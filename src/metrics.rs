@@ -37,6 +37,9 @@ pub struct Metrics {
     pub poll_holds_shortened: IntCounter,
     /// Sends refused by the per-user send rate limit.
     pub sends_rate_limited: IntCounter,
+    /// Sends refused because the node had `limits.max_sends_in_flight`
+    /// in progress.
+    pub sends_shed: IntCounter,
     pub messages_accepted: IntCounter,
     pub duplicate_sends: IntCounter,
     /// Events handed to clients by polls.
@@ -129,6 +132,10 @@ impl Metrics {
                 "poll_holds_shortened_total",
                 "Polls held for less than asked because the device's polls were cut before",
             ),
+            sends_shed: counter(
+                "sends_shed_total",
+                "Sends refused at once because the node had its limit of sends in progress",
+            ),
             sends_rate_limited: counter(
                 "sends_rate_limited_total",
                 "Sends refused by the per-user send rate limit",
@@ -203,6 +210,7 @@ impl Metrics {
             Box::new(self.poll_cuts.clone()),
             Box::new(self.poll_holds_shortened.clone()),
             Box::new(self.sends_rate_limited.clone()),
+            Box::new(self.sends_shed.clone()),
             Box::new(self.messages_accepted.clone()),
             Box::new(self.duplicate_sends.clone()),
             Box::new(self.events_delivered.clone()),

@@ -85,3 +85,38 @@ mod tests {
         assert_eq!(owner(&a, &[false; 3], b"k"), None);
     }
 }
+
+/// The vectors HAProxy's copy of the ring (config/cluster/haproxy/) is
+/// checked against hold for this ring.
+#[cfg(test)]
+mod vectors {
+    #[test]
+    fn the_load_balancer_s_vectors_hold_here() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/cluster/haproxy/ring-vectors.txt"
+        );
+        let text = std::fs::read_to_string(path).expect("ring-vectors.txt");
+        let (mut ids, mut seeds, mut checked) = (Vec::new(), Vec::new(), 0);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let words: Vec<&str> = line.split(' ').collect();
+            match words[..] {
+                ["seed", id, hex] => {
+                    assert_eq!(format!("{:016x}", super::seed(id)), hex, "seed of {id}");
+                    ids.push(id);
+                    seeds.push(super::seed(id));
+                }
+                ["owner", key, alive, want] => {
+                    let key = uuid::Uuid::parse_str(key).expect("a uuid");
+                    let alive: Vec<&str> = alive.split(',').collect();
+                    let live: Vec<bool> = ids.iter().map(|id| alive.contains(id)).collect();
+                    let owner = super::owner(&seeds, &live, key.as_bytes()).expect("a live node");
+                    assert_eq!(ids[owner], want, "owner of {key} among {alive:?}");
+                }
+                _ => panic!("unreadable line: {line}"),
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 30);
+    }
+}

@@ -322,6 +322,13 @@ pub struct LimitsConfig {
     pub max_polls_per_user: usize,
     /// Parked polls this node holds at most.
     pub max_polls_per_node: usize,
+    /// Sends in progress on this node at most (its clients' and those
+    /// forwarded to it); more are refused with `429` and `Retry-After`.
+    pub max_sends_in_flight: usize,
+    /// When sends lately took longer than this on average, new ones are
+    /// refused with `429` and `Retry-After` until they are faster again.
+    #[serde(with = "millis")]
+    pub send_latency_target: Duration,
     /// Members a group may have.
     pub max_group_members: usize,
     /// A client must send its whole request head within this time (slowloris).
@@ -351,6 +358,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 64 * 1024,
             max_polls_per_user: 16,
             max_polls_per_node: 100_000,
+            max_sends_in_flight: 1024,
+            send_latency_target: Duration::from_secs(1),
             max_group_members: 200_000,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),

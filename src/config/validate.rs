@@ -71,7 +71,7 @@ impl PollConfig {
 impl Config {
     /// Sizes and counts that must not be 0, across sections.
     pub(super) fn validate_nonzero(&self) -> Result<(), ConfigError> {
-        let nonzero: [(&str, u64); 8] = [
+        let nonzero: [(&str, u64); 9] = [
             ("send.max_batch", self.send.max_batch as u64),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             (
@@ -81,6 +81,10 @@ impl Config {
             (
                 "limits.max_polls_per_node",
                 self.limits.max_polls_per_node as u64,
+            ),
+            (
+                "limits.max_sends_in_flight",
+                self.limits.max_sends_in_flight as u64,
             ),
             (
                 "limits.max_group_members",

@@ -41,8 +41,23 @@ pub enum ApiError {
     /// may retry after the wait.
     #[error("too many {0}; retry in {secs} s", secs = retry_secs(*.1))]
     RateLimited(&'static str, std::time::Duration),
+    /// The node is overloaded (its limit of sends in progress, or sends
+    /// lately too slow); the client may retry after a second.
+    #[error("{}; retry in 1 s", overload_text(.0))]
+    Overloaded(crate::service::rate::Shed),
     #[error(transparent)]
     Service(#[from] service::Error),
+}
+
+fn overload_text(shed: &crate::service::rate::Shed) -> String {
+    use crate::service::rate::Shed;
+    match shed {
+        Shed::Full(n) => format!("this node has {n} sends in progress, its limit"),
+        Shed::Slow(avg) => format!(
+            "this node is overloaded: sends lately took {} ms on average",
+            avg.as_millis()
+        ),
+    }
 }
 
 impl ApiError {
@@ -60,7 +75,9 @@ impl ApiError {
             ApiError::UnknownRoute => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::RateLimited(..) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::RateLimited(..) | ApiError::Overloaded(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
             ApiError::PeerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::BadSignature(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::HeadTooLarge(_) => (

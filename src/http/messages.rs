@@ -24,6 +24,11 @@ pub(super) async fn send(
         ctx.service.metrics().sends_rate_limited.inc();
         return Err(ApiError::RateLimited("sends", wait));
     }
+    // Before the body is read: refusing is cheap, queueing is not.
+    let _slot = ctx.sends_in_flight.enter().map_err(|shed| {
+        ctx.service.metrics().sends_shed.inc();
+        ApiError::Overloaded(shed)
+    })?;
     let held = Held::of(&req);
     let body = read_body(req, ctx.limits.max_body, ctx.limits.body_timeout).await?;
     let mut fields = Fields::parse(&body)?;

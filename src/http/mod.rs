@@ -50,6 +50,8 @@ pub struct Ctx {
     pub holds: HoldTimes,
     /// The per-user send rate limit.
     pub send_rate: SendRate,
+    /// Sends in progress on this node, bounded.
+    pub sends_in_flight: crate::service::rate::InFlight,
     /// Group creations and member changes per user.
     pub group_rate: SendRate,
     pub cors: CorsConfig,

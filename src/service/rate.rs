@@ -1,9 +1,12 @@
-//! Per-user send rate limits: a token bucket per user.
+//! Per-user send rate limits: a token bucket per user. And the node's
+//! bound on sends in progress ([`InFlight`]).
 //!
 //! Each user's bucket holds up to `burst` sends and refills at `rate` per
 //! second; a send finding it empty is refused with the time until the next
 //! token. Full buckets are forgotten, so memory follows active senders.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -70,6 +73,132 @@ impl SendRate {
     /// Users with a bucket (for tests).
     pub fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+}
+
+/// Sends in progress on this node, its clients' and those forwarded to it,
+/// and how long they have been taking. Past `max` in progress, or when
+/// sends lately took longer than `target` on average (with more than a few
+/// in progress), a send is refused at once (`429` with `Retry-After`)
+/// instead of joining a queue that only grows: an overloaded ring queued
+/// sends into tens of seconds of latency, clients timed out and retried,
+/// and the retries were more work for a store already behind.
+pub struct InFlight {
+    count: Arc<AtomicUsize>,
+    /// Moving average of recent sends' time in progress, in microseconds.
+    average_us: Arc<AtomicU64>,
+    max: usize,
+    target: Duration,
+}
+
+/// Sends in progress below which the average is not looked at: a few slow
+/// sends (waiting for a `prev_message_id`, say) are not overload, and
+/// admitting them is what brings the average down again after a refusal.
+const FLOOR: usize = 16;
+
+/// One send's place; given back, and its time counted, when dropped.
+pub struct Slot {
+    count: Arc<AtomicUsize>,
+    average_us: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl InFlight {
+    pub fn new(max: usize, target: Duration) -> InFlight {
+        InFlight {
+            count: Arc::default(),
+            average_us: Arc::default(),
+            max,
+            target,
+        }
+    }
+
+    /// A place for one more send, or why not.
+    pub fn enter(&self) -> Result<Slot, Shed> {
+        let before = self.count.fetch_add(1, Ordering::AcqRel);
+        let slow = before >= FLOOR
+            && self.average_us.load(Ordering::Relaxed) > self.target.as_micros() as u64;
+        if before >= self.max || slow {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(if slow {
+                Shed::Slow(Duration::from_micros(
+                    self.average_us.load(Ordering::Relaxed),
+                ))
+            } else {
+                Shed::Full(self.max)
+            });
+        }
+        Ok(Slot {
+            count: self.count.clone(),
+            average_us: self.average_us.clone(),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// Why a send was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// This many sends were in progress: the limit.
+    Full(usize),
+    /// Sends lately took this long on average, over the target.
+    Slow(Duration),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        let took = self.started.elapsed().as_micros() as u64;
+        // An average over the last ~16 sends.
+        let _ = self
+            .average_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(avg - avg / 16 + took / 16)
+            });
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use std::time::Duration;
+
+    use super::{FLOOR, InFlight, Shed};
+
+    #[test]
+    fn sends_past_the_bound_are_refused_until_one_ends() {
+        let gate = InFlight::new(2, Duration::from_secs(1));
+        let a = gate.enter().expect("first");
+        let _b = gate.enter().expect("second");
+        assert_eq!(gate.enter().err(), Some(Shed::Full(2)));
+        drop(a);
+        assert!(gate.enter().is_ok(), "a place again once one ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_sends_shed_new_ones_until_they_speed_up() {
+        let gate = InFlight::new(1000, Duration::from_millis(100));
+        // Sends that take 1 s each raise the average over the target.
+        let slow: Vec<_> = (0..40).map(|_| gate.enter().expect("admitted")).collect();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let held: Vec<_> = (0..FLOOR)
+            .map(|_| gate.enter().expect("below the floor"))
+            .collect();
+        drop(slow);
+        assert!(
+            matches!(gate.enter(), Err(Shed::Slow(_))),
+            "slow sends shed new ones"
+        );
+        // Below the floor sends are admitted, and fast ones bring the
+        // average down.
+        drop(held);
+        for _ in 0..200 {
+            drop(gate.enter().expect("below the floor"));
+        }
+        let again: Vec<_> = (0..FLOOR)
+            .map(|_| gate.enter().expect("admitted"))
+            .collect();
+        assert!(gate.enter().is_ok(), "fast again: admitted above the floor");
+        drop(again);
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use crate::harness::{Node, User};
+use crate::harness::{Api, Node, User};
 
 /// Connections that send their request head one byte a second.
 const SLOW_CLIENTS: usize = 1000;
@@ -209,4 +209,46 @@ async fn without_a_configured_rate_sends_are_not_limited() {
             StatusCode::CREATED
         );
     }
+}
+
+/// Past `limits.max_sends_in_flight` sends in progress on the node, a send
+/// is refused at once with 429 and Retry-After, and stores nothing; once a
+/// place is free, sends go through again.
+#[tokio::test]
+async fn sends_past_the_node_s_limit_in_progress_are_429_at_once() {
+    let node = Node::start_with(|c| {
+        c.limits.max_sends_in_flight = 1;
+        c.send.prev_wait = Duration::from_secs(2);
+    })
+    .await;
+    let (alice, bob, carol) = (node.user(), node.user(), node.user());
+    let cursor = node.head(&bob).await;
+    // This send holds the node's only place while it waits (up to
+    // prev_wait) for a previous message that never comes.
+    let waiting = {
+        let api = Api::new(node.addr);
+        let token = alice.token.clone();
+        let to = bob.id;
+        tokio::spawn(async move {
+            let body = json!({
+                "message_id": Uuid::new_v4(), "to": to, "body": "after a ghost",
+                "prev_message_id": Uuid::new_v4(),
+            });
+            api.post("/v1/messages", &token, body).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = send_to(&node, &carol, &bob).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{r:?}");
+    assert_eq!(r.code(), "too_many_requests");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(node.metric("carrier_sends_shed_total").await, Some(1.0));
+    let first = waiting.await.unwrap();
+    assert_eq!(first.status, StatusCode::CONFLICT, "{first:?}");
+    let (events, _) = node.drain(&bob, &cursor).await;
+    assert!(events.is_empty(), "the refused send stored nothing");
+    assert_eq!(
+        send_to(&node, &carol, &bob).await.status,
+        StatusCode::CREATED
+    );
 }
