@@ -237,16 +237,24 @@ impl Oracle {
     /// acked and delivered live: the same seqs, ids and bodies, nothing more
     /// and nothing less. Returns (and counts) the places they differ.
     pub fn check_history(&mut self, conversation: Uuid, history: &[Seen]) -> u64 {
+        let debug = std::env::var_os("LOADTEST_DEBUG_ORDER").is_some();
+        let why = |what: String| {
+            if debug {
+                eprintln!("history mismatch: conversation {conversation}: {what}");
+            }
+        };
         let mut bad = 0;
         let mut landed = Vec::new();
         let live = self.chains.get(&conversation);
         let mut seqs = HashSet::new();
         for m in history {
             let Some(seq) = m.seq else {
+                why(format!("message {} has no seq", m.message_id));
                 bad += 1;
                 continue;
             };
             if !seqs.insert(seq) {
+                why(format!("seq {seq} twice (message {})", m.message_id));
                 bad += 1;
                 continue;
             }
@@ -262,12 +270,26 @@ impl Oracle {
             if landed_unseen {
                 landed.push((m.message_id, seq, m.prev_message_id));
             } else if live_id != Some(m.message_id) || !same_body {
+                why(format!(
+                    "seq {seq} holds message {} (sent by this run: {}, same body: {same_body}, \
+                     acked: {}, unknown outcome: {}, its seq then: {:?}); live at that seq: {live_id:?}",
+                    m.message_id,
+                    sent.is_some(),
+                    sent.is_some_and(|s| s.acked),
+                    sent.is_some_and(|s| s.unknown),
+                    sent.and_then(|s| s.seq),
+                ));
                 bad += 1;
             }
         }
         // Anything live that history does not hold.
         if let Some(live) = live {
-            bad += live.keys().filter(|seq| !seqs.contains(seq)).count() as u64;
+            for (seq, (id, _)) in live.iter().filter(|(seq, _)| !seqs.contains(seq)) {
+                why(format!(
+                    "seq {seq} (message {id}) was delivered live, history lacks it"
+                ));
+                bad += 1;
+            }
         }
         for (id, seq, prev) in landed {
             if let Some(sent) = self.sent.get_mut(&id) {
